@@ -1,0 +1,21 @@
+"""Invertible building blocks: ``forward(x, c=None) -> (y, logdet)``, ``inverse(y, c=None) -> (x, logdet)``."""
+
+from cinn.blocks.actnorm import ActNorm, data_dependent_init
+from cinn.blocks.base import InvertibleModule
+from cinn.blocks.coupling import ConditionalAffineCoupling, soft_clamp
+from cinn.blocks.haar import HaarDownsampling
+from cinn.blocks.lu_conv import InvertibleConv1x1LU
+from cinn.blocks.orthogonal import FixedOrthogonalMixing
+from cinn.blocks.sequential import InvertibleSequential
+
+__all__ = [
+    "ActNorm",
+    "ConditionalAffineCoupling",
+    "FixedOrthogonalMixing",
+    "HaarDownsampling",
+    "InvertibleConv1x1LU",
+    "InvertibleModule",
+    "InvertibleSequential",
+    "data_dependent_init",
+    "soft_clamp",
+]

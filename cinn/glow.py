@@ -1,0 +1,192 @@
+"""The multi-scale conditional Glow of the colorization cINN (Ardizzone et al. 2019, section 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from cinn.blocks import (
+    ActNorm,
+    ConditionalAffineCoupling,
+    FixedOrthogonalMixing,
+    HaarDownsampling,
+    InvertibleConv1x1LU,
+    InvertibleModule,
+    InvertibleSequential,
+    data_dependent_init,
+)
+
+MIXINGS = {"orthogonal": FixedOrthogonalMixing, "lu": InvertibleConv1x1LU}
+
+
+@dataclass(frozen=True)
+class GlowConfig:
+    """Shape of a ``ConditionalGlow``; condition channels come from the conditioning network.
+
+    Attributes:
+        steps_per_level: coupling steps at each level, fine to coarse (its length is the number
+            of levels; the paper's colorization model uses (4, 6, 6, 6)).
+        hidden_channels: width of the coupling subnetworks at each level.
+        clamp: ``alpha`` of the soft clamp of the coupling log-scales.
+        mixing: channel mixing between couplings: "orthogonal" (fixed random rotation, the
+            cINN's choice) or "lu" (Glow's learned LU 1x1 convolution).
+        actnorm: put Glow's ActNorm at the start of every step.
+        haar_scale: rescaling of the Haar coefficients (1 = orthonormal).
+        seed: seed of the random rotations.
+    """
+
+    steps_per_level: tuple[int, ...] = (4, 6, 6, 6)
+    hidden_channels: tuple[int, ...] = (64, 128, 128, 256)
+    clamp: float = 1.5
+    mixing: str = "orthogonal"
+    actnorm: bool = False
+    haar_scale: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if len(self.hidden_channels) != len(self.steps_per_level):
+            raise ValueError(
+                f"hidden_channels has {len(self.hidden_channels)} entries but steps_per_level has "
+                f"{len(self.steps_per_level)}; give one width per level"
+            )
+        if self.mixing not in MIXINGS:
+            raise ValueError(f"mixing must be one of {sorted(MIXINGS)}, got {self.mixing!r}")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.steps_per_level)
+
+
+def glow_step(channels: int, condition_channels: int, hidden_channels: int, config: GlowConfig, seed: int):
+    """One step: [ActNorm] -> channel mixing -> conditional affine coupling."""
+    blocks: list[InvertibleModule] = [ActNorm(channels)] if config.actnorm else []
+    blocks.append(MIXINGS[config.mixing](channels, seed=seed))
+    blocks.append(ConditionalAffineCoupling(channels, condition_channels, hidden_channels, config.clamp))
+    return blocks
+
+
+class ConditionalGlow(nn.Module):
+    """Multi-scale conditional Glow mapping ab (B, 2, H, W) to one latent per level.
+
+    Level ``k`` runs at ``H / 2**k``: it starts with a Haar downsampling (except level 0), runs
+    its coupling steps conditioned on the ``k``-th condition map, then splits half of its
+    channels off as that level's latent; the last level hands all of its channels out. Splits
+    happen here and nowhere else.
+
+    Args:
+        config: the flow's shape.
+        condition_channels: channels of each level's condition map (the conditioning network's
+            ``out_channels``).
+        global_channels: size of an optional global condition vector, broadcast over the
+            coarsest level; 0 for none.
+        in_channels: channels of the data (2 for ab).
+    """
+
+    def __init__(
+        self,
+        config: GlowConfig,
+        condition_channels: Sequence[int],
+        global_channels: int = 0,
+        in_channels: int = 2,
+    ):
+        super().__init__()
+        if len(condition_channels) != config.num_levels:
+            raise ValueError(
+                f"the flow has {config.num_levels} levels but the conditioning network gives "
+                f"{len(condition_channels)} feature maps"
+            )
+        self.config = config
+        self.in_channels = in_channels
+        self.global_channels = global_channels
+        self.levels = nn.ModuleList()
+        split_channels, channels, seed = [], in_channels, config.seed
+        for level, num_steps in enumerate(config.steps_per_level):
+            blocks: list[InvertibleModule] = []
+            if level > 0:
+                blocks.append(HaarDownsampling(config.haar_scale))
+                channels *= 4
+            level_condition = condition_channels[level]
+            if level == config.num_levels - 1:
+                level_condition += global_channels
+            for _ in range(num_steps):
+                blocks += glow_step(channels, level_condition, config.hidden_channels[level], config, seed)
+                seed += 1
+            self.levels.append(InvertibleSequential(*blocks))
+            is_last = level == config.num_levels - 1
+            split = channels if is_last else (channels // 2 if channels >= 4 else 0)
+            split_channels.append(split)
+            channels -= split
+        self.split_channels = tuple(split_channels)
+
+    def latent_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
+        """(C, H, W) of each level's latent for ab of size ``height`` x ``width``."""
+        shapes, channels = [], self.in_channels
+        for level, split in enumerate(self.split_channels):
+            if level > 0:
+                channels, height, width = channels * 4, height // 2, width // 2
+            if split:
+                shapes.append((split, height, width))
+            channels -= split
+        return shapes
+
+    def _level_conditions(self, c: Sequence[torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
+        """Checks the conditions against the flow and appends the global vector to the last map."""
+        expected = self.config.num_levels + (1 if self.global_channels else 0)
+        if len(c) != expected:
+            raise ValueError(f"expected {expected} condition tensors, got {len(c)}")
+        maps = list(c[: self.config.num_levels])
+        for level, condition in enumerate(maps):
+            size = (height >> level, width >> level)
+            if tuple(condition.shape[2:]) != size:
+                raise ValueError(
+                    f"condition {level} has spatial size {tuple(condition.shape[2:])}, level {level} of "
+                    f"the flow runs at {size}"
+                )
+        if self.global_channels:
+            vector = c[-1][:, :, None, None].expand(-1, -1, *maps[-1].shape[2:])
+            maps[-1] = torch.cat([maps[-1], vector], dim=1)
+        return maps
+
+    def forward(self, x: torch.Tensor, c: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Data to latent.
+
+        Args:
+            x: ab, (B, in_channels, H, W) with H, W divisible by ``2**(num_levels - 1)``.
+            c: one condition map per level, (B, condition_channels[k], H / 2**k, W / 2**k), then
+                the (B, global_channels) vector if the flow has one.
+
+        Returns:
+            zs: the latents, shapes ``latent_shapes(H, W)`` with the batch dimension in front;
+            logdet: (B,) log |det dz/dx|.
+        """
+        conditions = self._level_conditions(c, x.shape[2], x.shape[3])
+        zs, logdet = [], x.new_zeros(x.shape[0])
+        for level, condition, split in zip(self.levels, conditions, self.split_channels, strict=True):
+            x, level_logdet = level(x, condition)
+            logdet = logdet + level_logdet
+            if split:
+                zs.append(x[:, :split])
+                x = x[:, split:]
+        return zs, logdet
+
+    def inverse(self, zs: Sequence[torch.Tensor], c: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Latent to data: ``zs`` as returned by ``forward`` -> (ab (B, in_channels, H, W), logdet (B,))."""
+        # The finest condition map runs at the data's resolution; the finest latent may not.
+        conditions = self._level_conditions(c, c[0].shape[2], c[0].shape[3])
+        remaining = list(zs)
+        x = remaining.pop()
+        logdet = x.new_zeros(x.shape[0])
+        for level in reversed(range(self.config.num_levels)):
+            if level < self.config.num_levels - 1 and self.split_channels[level]:
+                x = torch.cat([remaining.pop(), x], dim=1)
+            x, level_logdet = self.levels[level].inverse(x, conditions[level])
+            logdet = logdet + level_logdet
+        return x, logdet
+
+    def initialize(self, x: torch.Tensor, c: Sequence[torch.Tensor]) -> None:
+        """Data-dependent initialisation of every ActNorm from one batch; call once before training."""
+        with data_dependent_init(self):
+            self(x, c)

@@ -1,0 +1,227 @@
+"""The invertible-block contract, passed by every block and by the whole ConditionalGlow."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from cinn import ConditionalGlow, GlowConfig
+from cinn.blocks import (
+    ActNorm,
+    ConditionalAffineCoupling,
+    FixedOrthogonalMixing,
+    HaarDownsampling,
+    InvertibleConv1x1LU,
+    InvertibleSequential,
+)
+
+
+class FlatGlow(nn.Module):
+    """Adapts ConditionalGlow's list of latents to the single-tensor contract: z = concat(flat zs)."""
+
+    def __init__(self, glow: ConditionalGlow, height: int, width: int):
+        super().__init__()
+        self.glow = glow
+        self.shapes = glow.latent_shapes(height, width)
+
+    def forward(self, x, c):
+        zs, logdet = self.glow(x, c)
+        return torch.cat([z.flatten(1) for z in zs], dim=1), logdet
+
+    def inverse(self, y, c):
+        sizes = [torch.Size(shape).numel() for shape in self.shapes]
+        zs = [part.reshape(-1, *shape) for part, shape in zip(y.split(sizes, dim=1), self.shapes)]
+        return self.glow.inverse(zs, c)
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[int], nn.Module]  # seed -> module
+    x_shape: tuple[int, ...]  # without batch
+    condition_shapes: tuple[tuple[int, ...], ...] = ()  # without batch; several for the glow
+    global_channels: int = 0
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.condition_shapes)
+
+    def condition(self, batch: int, generator: torch.Generator, dtype=torch.float32):
+        tensors = [torch.randn(batch, *shape, generator=generator, dtype=dtype) for shape in self.condition_shapes]
+        if self.global_channels:
+            tensors.append(torch.randn(batch, self.global_channels, generator=generator, dtype=dtype))
+        if isinstance(self.build(0), FlatGlow):
+            return tensors
+        return tensors[0] if tensors else None
+
+
+def actnorm(seed: int) -> ActNorm:
+    block = ActNorm(4)
+    block.initialize_from(torch.randn(8, 4, 4, 4, generator=torch.Generator().manual_seed(seed)) * 3 + 1)
+    return block
+
+
+def glow(config: GlowConfig, conditions: tuple[int, ...], global_channels: int, size: int):
+    return lambda seed: FlatGlow(
+        ConditionalGlow(
+            GlowConfig(**{**config.__dict__, "seed": seed}), conditions, global_channels=global_channels
+        ),
+        size,
+        size,
+    )
+
+
+SMALL_GLOW = GlowConfig(steps_per_level=(2, 2, 2), hidden_channels=(8, 8, 8))
+CASES = [
+    Case("coupling", lambda s: ConditionalAffineCoupling(4, 3, 8), (4, 4, 4), ((3, 4, 4),)),
+    Case("coupling_odd", lambda s: ConditionalAffineCoupling(3, 2, 8, clamp=0.8), (3, 4, 4), ((2, 4, 4),)),
+    Case("coupling_unconditional", lambda s: ConditionalAffineCoupling(4, 0, 8), (4, 4, 4)),
+    Case("orthogonal", lambda s: FixedOrthogonalMixing(4, seed=s), (4, 4, 4)),
+    Case("actnorm", actnorm, (4, 4, 4)),
+    Case("lu_conv", lambda s: InvertibleConv1x1LU(4, seed=s), (4, 4, 4)),
+    Case("haar", lambda s: HaarDownsampling(), (2, 4, 4)),
+    Case("haar_rescaled", lambda s: HaarDownsampling(scale=0.5), (2, 4, 4)),
+    Case(
+        "sequential",
+        lambda s: InvertibleSequential(
+            ActNorm(4), InvertibleConv1x1LU(4, seed=s), ConditionalAffineCoupling(4, 2, 8)
+        ),
+        (4, 4, 4),
+        ((2, 4, 4),),
+    ),
+    Case("glow", glow(SMALL_GLOW, (3, 4, 5), 0, 8), (2, 8, 8), ((3, 8, 8), (4, 4, 4), (5, 2, 2))),
+    Case(
+        "glow_actnorm_lu_global",
+        glow(GlowConfig((1, 2, 1), (8, 8, 8), mixing="lu", actnorm=True), (3, 4, 5), 6, 8),
+        (2, 8, 8),
+        ((3, 8, 8), (4, 4, 4), (5, 2, 2)),
+        global_channels=6,
+    ),
+]
+
+
+def randomized(case: Case, seed: int = 0, dtype=torch.float32) -> nn.Module:
+    """Builds the block and perturbs every parameter so that no block is the identity."""
+    torch.manual_seed(seed)
+    module = case.build(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return module.to(dtype)
+
+
+def inputs(case: Case, batch: int = 3, seed: int = 1, dtype=torch.float32):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, *case.x_shape, generator=generator, dtype=dtype)
+    return x, case.condition(batch, generator, dtype)
+
+
+@pytest.fixture(params=CASES, ids=[case.name for case in CASES])
+def case(request) -> Case:
+    return request.param
+
+
+def test_round_trip_and_logdets_cancel(case):
+    module = randomized(case)
+    x, c = inputs(case)
+    y, logdet = module(x, c)
+    assert logdet.shape == (x.shape[0],) and y.dtype == x.dtype
+    assert y.shape[0] == x.shape[0] and y[0].numel() == x[0].numel()
+    x_back, logdet_inverse = module.inverse(y, c)
+    torch.testing.assert_close(x_back, x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logdet + logdet_inverse, torch.zeros_like(logdet), atol=1e-4, rtol=0)
+    # The other way: from a random latent to data and back.
+    y_random = torch.randn_like(y)
+    x_random, _ = module.inverse(y_random, c)
+    torch.testing.assert_close(module(x_random, c)[0], y_random, atol=1e-5, rtol=1e-5)
+
+
+def test_logdet_matches_autograd_jacobian(case):
+    module = randomized(case, dtype=torch.float64)
+    x, c = inputs(case, batch=1, dtype=torch.float64)
+    for direction, point in (("forward", x), ("inverse", module(x, c)[0].detach())):
+        run = module if direction == "forward" else module.inverse
+
+        def flat(v, run=run, point=point):
+            return run(v.reshape(point.shape), c)[0].reshape(-1)
+
+        jacobian = torch.autograd.functional.jacobian(flat, point.reshape(-1))
+        sign, logabsdet = torch.linalg.slogdet(jacobian)
+        assert sign != 0
+        torch.testing.assert_close(run(point, c)[1][0], logabsdet, atol=1e-8, rtol=1e-8)
+
+
+def test_batch_independence(case):
+    module = randomized(case)
+    x, c = inputs(case, batch=4)
+    y, logdet = module(x, c)
+    for i in range(4):
+        c_i = [t[i : i + 1] for t in c] if isinstance(c, list) else (None if c is None else c[i : i + 1])
+        y_i, logdet_i = module(x[i : i + 1], c_i)
+        torch.testing.assert_close(y_i, y[i : i + 1], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logdet_i, logdet[i : i + 1], atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "case", [case for case in CASES if case.conditional], ids=lambda case: case.name
+)
+def test_condition_changes_output(case):
+    module = randomized(case)
+    x, c = inputs(case)
+    _, other = inputs(case, seed=7)
+    difference = (module(x, c)[0] - module(x, other)[0]).abs().max()
+    assert difference > 1e-3
+
+
+def test_gradients_reach_input_and_every_parameter(case):
+    module = randomized(case)
+    x, c = inputs(case)
+    x.requires_grad_(True)
+    y, logdet = module(x, c)
+    (y.pow(2).sum() - logdet.sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for name, parameter in module.named_parameters():
+        assert parameter.grad is not None, name
+        assert parameter.grad.abs().sum() > 0, name
+
+
+def test_state_dict_round_trip(case):
+    module = randomized(case, seed=0)
+    fresh = case.build(123)  # another seed: buffers such as rotations must come from the state dict
+    fresh.load_state_dict(module.state_dict())
+    x, c = inputs(case)
+    y, logdet = module(x, c)
+    y_fresh, logdet_fresh = fresh(x, c)
+    torch.testing.assert_close(y_fresh, y)
+    torch.testing.assert_close(logdet_fresh, logdet)
+    for a, b in zip(module.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_new_couplings_start_as_identity():
+    coupling = ConditionalAffineCoupling(4, 3, 8)
+    x, c = torch.randn(2, 4, 5, 5), torch.randn(2, 3, 5, 5)
+    y, logdet = coupling(x, c)
+    assert torch.equal(y, x) and torch.equal(logdet, torch.zeros(2))
+
+
+def test_actnorm_initialisation_is_explicit_and_saved():
+    glow_model = ConditionalGlow(GlowConfig((1, 1), (8, 8), actnorm=True), (2, 2))
+    x = 5 + 3 * torch.randn(16, 2, 8, 8)
+    c = [torch.randn(16, 2, 8, 8), torch.randn(16, 2, 4, 4)]
+    before = glow_model(x, c)[0]
+    assert torch.equal(glow_model(x, c)[0][0], before[0]), "forward must not initialise ActNorm"
+    glow_model.initialize(x, c)
+    first_actnorm = glow_model.levels[0].blocks[0]
+    assert bool(first_actnorm.initialized)
+    normalised = (x + first_actnorm.bias) * first_actnorm.log_scale.exp()
+    torch.testing.assert_close(normalised.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-4, rtol=0)
+    torch.testing.assert_close(normalised.std(dim=(0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+    reloaded = ConditionalGlow(GlowConfig((1, 1), (8, 8), actnorm=True), (2, 2))
+    reloaded.load_state_dict(glow_model.state_dict())
+    assert bool(reloaded.levels[0].blocks[0].initialized)
+    torch.testing.assert_close(reloaded(x, c)[0][0], glow_model(x, c)[0][0])
