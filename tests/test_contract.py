@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
@@ -34,7 +34,9 @@ class FlatGlow(nn.Module):
 
     def inverse(self, y, c):
         sizes = [torch.Size(shape).numel() for shape in self.shapes]
-        zs = [part.reshape(-1, *shape) for part, shape in zip(y.split(sizes, dim=1), self.shapes)]
+        zs = [
+            part.reshape(-1, *shape) for part, shape in zip(y.split(sizes, dim=1), self.shapes, strict=True)
+        ]
         return self.glow.inverse(zs, c)
 
 
@@ -51,7 +53,9 @@ class Case:
         return bool(self.condition_shapes)
 
     def condition(self, batch: int, generator: torch.Generator, dtype=torch.float32):
-        tensors = [torch.randn(batch, *shape, generator=generator, dtype=dtype) for shape in self.condition_shapes]
+        tensors = [
+            torch.randn(batch, *shape, generator=generator, dtype=dtype) for shape in self.condition_shapes
+        ]
         if self.global_channels:
             tensors.append(torch.randn(batch, self.global_channels, generator=generator, dtype=dtype))
         if isinstance(self.build(0), FlatGlow):
@@ -166,9 +170,7 @@ def test_batch_independence(case):
         torch.testing.assert_close(logdet_i, logdet[i : i + 1], atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "case", [case for case in CASES if case.conditional], ids=lambda case: case.name
-)
+@pytest.mark.parametrize("case", [case for case in CASES if case.conditional], ids=lambda case: case.name)
 def test_condition_changes_output(case):
     module = randomized(case)
     x, c = inputs(case)
@@ -198,7 +200,7 @@ def test_state_dict_round_trip(case):
     y_fresh, logdet_fresh = fresh(x, c)
     torch.testing.assert_close(y_fresh, y)
     torch.testing.assert_close(logdet_fresh, logdet)
-    for a, b in zip(module.state_dict().values(), fresh.state_dict().values()):
+    for a, b in zip(module.state_dict().values(), fresh.state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 
@@ -220,7 +222,9 @@ def test_actnorm_initialisation_is_explicit_and_saved():
     assert bool(first_actnorm.initialized)
     normalised = (x + first_actnorm.bias) * first_actnorm.log_scale.exp()
     torch.testing.assert_close(normalised.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-4, rtol=0)
-    torch.testing.assert_close(normalised.std(dim=(0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        normalised.std(dim=(0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3, rtol=0
+    )
     reloaded = ConditionalGlow(GlowConfig((1, 1), (8, 8), actnorm=True), (2, 2))
     reloaded.load_state_dict(glow_model.state_dict())
     assert bool(reloaded.levels[0].blocks[0].initialized)

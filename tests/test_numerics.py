@@ -117,7 +117,7 @@ def test_sample_latents_temperature_and_seed():
     assert [tuple(z.shape[1:]) for z in draws] == shapes
     assert abs(torch.cat([z.flatten() for z in draws]).std().item() - 0.7) < 0.01
     again = sample_latents(shapes, 64, temperature=0.7, generator=torch.Generator().manual_seed(1))
-    assert all(torch.equal(a, b) for a, b in zip(draws, again))
+    assert all(torch.equal(a, b) for a, b in zip(draws, again, strict=True))
 
 
 def paper_shaped_glow(dtype=torch.float32) -> ConditionalGlow:
@@ -133,7 +133,9 @@ def paper_shaped_glow(dtype=torch.float32) -> ConditionalGlow:
 
 def paper_conditions(batch: int, dtype=torch.float32) -> list[torch.Tensor]:
     sizes = [(8, 64), (16, 32), (16, 16), (32, 8)]
-    return [torch.randn(batch, ch, s, s, dtype=dtype) for ch, s in sizes] + [torch.randn(batch, 16, dtype=dtype)]
+    return [torch.randn(batch, ch, s, s, dtype=dtype) for ch, s in sizes] + [
+        torch.randn(batch, 16, dtype=dtype)
+    ]
 
 
 def test_paper_shaped_glow_reconstructs_in_float32():

@@ -1,4 +1,4 @@
-"""Invertible building blocks: ``forward(x, c=None) -> (y, logdet)``, ``inverse(y, c=None) -> (x, logdet)``."""
+"""Invertible blocks: `forward(x, c=None) -> (y, logdet)` and `inverse(y, c=None) -> (x, logdet)`."""
 
 from cinn.blocks.actnorm import ActNorm, data_dependent_init
 from cinn.blocks.base import InvertibleModule
