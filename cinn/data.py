@@ -1,0 +1,270 @@
+"""Training and validation data: photos -> (normalised lightness, normalised ab) pairs.
+
+One photo gives the condition at ``lightness_size`` and the flow's target at ``ab_size``, both taken
+from the same crop, each resized from RGB with antialiasing and converted by ``cinn.color``.
+Photos that cannot be read or carry no colour are skipped (``None``) with one warning per file;
+``collate_skipping`` drops them from the batch and counts them. Train/validation splits are made by
+hashing file names, so they do not depend on listing order or machine and can be published with
+``write_split``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.transforms import RandomResizedCrop
+
+from cinn.color import rgb_to_normalized_lab
+from cinn.images import DEFAULT_GRAYSCALE_THRESHOLD, ImageLoadError, is_grayscale_photo, load_rgb
+
+# Aspect ratios RandomResizedCrop may draw; the decode size below relies on the narrowest one.
+_CROP_RATIOS = (3.0 / 4.0, 4.0 / 3.0)
+_COLOURFULNESS_THUMBNAIL = 64
+
+# Per-file state shared between DataLoader workers (see ``ColorizationDataset._status``).
+_UNSEEN, _USABLE, _SKIPPED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    """How photos become training pairs.
+
+    Attributes:
+        lightness_size: side of the square lightness condition, (1, lightness_size, lightness_size).
+        ab_size: side of the square ab target the flow models, (2, ab_size, ab_size).
+        ab_noise: std of Gaussian noise added to normalised ab in training only; it spreads the
+            data off the quantised 8-bit colour lattice, whose density a flow could otherwise
+            blow up (0.05 as in Ardizzone et al. 2019, cINN colorization).
+        min_colourfulness: photos below this Hasler-Suesstrunk colourfulness are skipped as grey.
+        crop_scale: area fractions of RandomResizedCrop in training.
+        reduced_decoding: decode JPEGs at 1/2-1/8 scale when that still covers the output size.
+    """
+
+    lightness_size: int = 64
+    ab_size: int = 32
+    ab_noise: float = 0.05
+    min_colourfulness: float = DEFAULT_GRAYSCALE_THRESHOLD
+    crop_scale: tuple[float, float] = (0.3, 1.0)
+    reduced_decoding: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "crop_scale", tuple(float(value) for value in self.crop_scale))
+        if self.lightness_size < 1 or self.ab_size < 1:
+            raise ValueError(f"Image sizes must be positive, got lightness {self.lightness_size}, ab {self.ab_size}.")
+        if self.ab_noise < 0:
+            raise ValueError(f"ab_noise must be non-negative, got {self.ab_noise}.")
+        low, high = self.crop_scale if len(self.crop_scale) == 2 else (0.0, 0.0)
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}.")
+
+
+class ColorizationDataset(torch.utils.data.Dataset):
+    """Photos as items ``{"lightness": (1, Hl, Wl), "ab": (2, Ha, Wa), "path": str}``, or ``None``.
+
+    Training draws a RandomResizedCrop and a horizontal flip from torch's RNG, so a DataLoader
+    ``generator`` makes runs repeatable; validation takes the central square (a short-side resize
+    followed by a centre crop). Values are normalised by ``cinn.color``: lightness in [-1, 1], ab
+    divided by ``AB_SCALE``.
+
+    A photo that cannot be read, or whose colourfulness is below ``config.min_colourfulness``, gives
+    ``None`` and one ``UserWarning`` naming the file and reason. The per-file verdict lives in shared
+    memory, so the warning appears once per file across all workers and epochs, and a rejected file
+    is not decoded again.
+
+    Args:
+        paths: photo files, absolute or relative to ``root``.
+        root: folder that relative paths start from.
+        train: random crops, flips and ab noise if True; deterministic centre crops if False.
+        config: sizes, noise and skipping rules; ``DatasetConfig()`` if None.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | os.PathLike],
+        root: str | os.PathLike | None = None,
+        train: bool = True,
+        config: DatasetConfig | None = None,
+    ):
+        super().__init__()
+        if len(paths) == 0:
+            raise ValueError("ColorizationDataset needs at least one photo path, got an empty list.")
+        joined = (Path(root) / path if root is not None else Path(path) for path in paths)
+        # One numpy byte array rather than a list of str: workers reading Python objects touch their
+        # reference counts, which copies the pages of a million-photo list into every worker.
+        self._paths = np.array([os.fsencode(path) for path in joined])
+        self.train = train
+        self.config = config if config is not None else DatasetConfig()
+        # Shared memory survives the fork into DataLoader workers, so every worker sees each verdict.
+        self._status = torch.zeros(len(self._paths), dtype=torch.uint8).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def path(self, index: int) -> str:
+        """The file behind item ``index``."""
+        return os.fsdecode(self._paths[index])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | str] | None:
+        path = self.path(index)
+        if self._status[index] == _SKIPPED:
+            return None
+        try:
+            image = load_rgb(path, min_side=self._decode_side())
+        except ImageLoadError as error:
+            return self._skip(index, error.reason)
+        if self._status[index] == _UNSEEN:
+            if is_grayscale_photo(_thumbnail(image), self.config.min_colourfulness):
+                return self._skip(index, f"colourfulness below {self.config.min_colourfulness:g}, a greyscale photo")
+            self._status[index] = _USABLE
+        lightness_rgb, ab_rgb = self._crop_and_resize(image)
+        lightness, _ = rgb_to_normalized_lab(lightness_rgb.unsqueeze(0))
+        _, ab = rgb_to_normalized_lab(ab_rgb.unsqueeze(0))
+        ab = ab.squeeze(0)
+        if self.train and self.config.ab_noise > 0:
+            ab = ab + self.config.ab_noise * torch.randn_like(ab)
+        return {"lightness": lightness.squeeze(0), "ab": ab, "path": path}
+
+    def _skip(self, index: int, reason: str) -> None:
+        """Mark a photo as unusable and warn about it, the first time only."""
+        if self._status[index] != _SKIPPED:
+            self._status[index] = _SKIPPED
+            warnings.warn(f"Skipping photo '{self.path(index)}': {reason}.", UserWarning, stacklevel=2)
+        return None
+
+    def _decode_side(self) -> int | None:
+        """Smallest short side a JPEG may be decoded at without the crop ever needing upsampling.
+
+        A RandomResizedCrop of area fraction s and aspect r spans at least sqrt(s * min(r, 1/r))
+        of the image's short side.
+        """
+        if not self.config.reduced_decoding:
+            return None
+        output_side = max(self.config.lightness_size, self.config.ab_size)
+        if not self.train:
+            return output_side
+        narrowest = self.config.crop_scale[0] * min(_CROP_RATIOS)
+        return math.ceil(output_side / math.sqrt(narrowest))
+
+    def _crop_and_resize(self, image: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+        """One crop of ``image`` resized to both output sizes: ((3, Hl, Wl), (3, Ha, Wa)) in [0, 1]."""
+        if self.train:
+            top, left, height, width = RandomResizedCrop.get_params(
+                image, list(self.config.crop_scale), list(_CROP_RATIOS)
+            )
+            flip = bool(torch.rand(()) < 0.5)
+        else:
+            side = min(image.size)
+            left, top, height, width = (image.width - side) // 2, (image.height - side) // 2, side, side
+            flip = False
+        box = (left, top, left + width, top + height)
+        resized = []
+        for size in (self.config.lightness_size, self.config.ab_size):
+            # PIL's resize with a box filters over the whole source footprint (antialiased).
+            crop = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
+            if flip:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            resized.append(TF.pil_to_tensor(crop).float().div_(255.0))
+        return resized[0], resized[1]
+
+
+def _thumbnail(image: Image.Image) -> torch.Tensor:
+    """(3, 64, 64) in [0, 1], the whole photo, for the colourfulness test."""
+    small = image.resize((_COLOURFULNESS_THUMBNAIL, _COLOURFULNESS_THUMBNAIL), Image.Resampling.BOX)
+    return TF.pil_to_tensor(small).float().div_(255.0)
+
+
+def collate_skipping(items: Sequence[dict | None]) -> dict:
+    """Stack the usable items of a batch; count the skipped ones.
+
+    Args:
+        items: dataset items, ``None`` for skipped photos.
+
+    Returns:
+        ``{"lightness": (N, 1, Hl, Wl), "ab": (N, 2, Ha, Wa), "path": list of N str,
+        "num_skipped": int}`` with N the usable items. If all were skipped, N = 0 and the tensors
+        are empty with shapes (0, 1, 0, 0) and (0, 2, 0, 0): check ``len(batch["path"])``.
+    """
+    usable = [item for item in items if item is not None]
+    num_skipped = len(items) - len(usable)
+    if not usable:
+        return {
+            "lightness": torch.empty(0, 1, 0, 0),
+            "ab": torch.empty(0, 2, 0, 0),
+            "path": [],
+            "num_skipped": num_skipped,
+        }
+    return {
+        "lightness": torch.stack([item["lightness"] for item in usable]),
+        "ab": torch.stack([item["ab"] for item in usable]),
+        "path": [item["path"] for item in usable],
+        "num_skipped": num_skipped,
+    }
+
+
+def split_train_val(
+    paths: Sequence[str | os.PathLike],
+    root: str | os.PathLike,
+    val_fraction: float,
+    salt: str = "cinn-colorization",
+) -> tuple[list[str], list[str]]:
+    """Split photos into train and validation by a hash of each path relative to ``root``.
+
+    A photo's side depends only on its relative POSIX path and ``salt`` (SHA-1), so the split is
+    the same on every machine, for any listing order, and stays put when photos are added.
+
+    Args:
+        paths: photo files (as from ``list_images``).
+        root: folder the hashed relative paths start from, e.g. the dataset's top folder.
+        val_fraction: expected share of validation photos, in [0, 1).
+        salt: change it to draw a different split.
+
+    Returns:
+        (train, val): sorted lists of the given path strings.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}.")
+    train, val = [], []
+    for path in paths:
+        relative = Path(os.path.relpath(path, root)).as_posix()
+        digest = hashlib.sha1(f"{salt}/{relative}".encode()).digest()
+        position = int.from_bytes(digest[:8], "big") / 2.0**64
+        (val if position < val_fraction else train).append(str(path))
+    return sorted(train), sorted(val)
+
+
+def write_split(
+    run_dir: str | os.PathLike,
+    train: Sequence[str | os.PathLike],
+    val: Sequence[str | os.PathLike],
+    root: str | os.PathLike | None = None,
+) -> tuple[Path, Path]:
+    """Write ``train.txt`` and ``val.txt`` into ``run_dir``, one relative path per line.
+
+    Paths are written relative to ``root`` if given (portable: read back with
+    ``list_images(run_dir / "val.txt", root=my_copy_of_the_data)``), else relative to ``run_dir``
+    (read back with ``list_images(run_dir / "val.txt")``).
+
+    Returns:
+        The paths of the two files written.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = Path(root) if root is not None else run_dir
+    relative_to = "the dataset root" if root is not None else "this folder"
+    written = []
+    for name, paths in (("train.txt", train), ("val.txt", val)):
+        lines = sorted(Path(os.path.relpath(path, base)).as_posix() for path in paths)
+        header = f"# {name}: {len(lines)} photos, paths relative to {relative_to}\n"
+        (run_dir / name).write_text(header + "".join(line + "\n" for line in lines), encoding="utf-8")
+        written.append(run_dir / name)
+    return written[0], written[1]

@@ -1,0 +1,189 @@
+"""Reading photos of any common kind as 8-bit sRGB, finding them on disk, and spotting grey ones.
+
+Every photo that enters training or inference goes through ``load_rgb``: it accepts JPEG, PNG,
+WebP, TIFF and BMP in any Pillow mode (grey 8/16/32-bit and float, palette, alpha, CMYK), applies
+the EXIF orientation, and raises ``ImageLoadError`` with one readable sentence for anything else.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+
+# Hasler & Suesstrunk (2003), Table 2: colourfulness below ~15 reads as "not colourful"; 5 only
+# catches greyscale photos stored as RGB (JPEG chroma noise stays around 1-3).
+DEFAULT_GRAYSCALE_THRESHOLD = 5.0
+
+_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+class ImageLoadError(Exception):
+    """A file that cannot be decoded as a photo.
+
+    Attributes:
+        path: the file at fault.
+        reason: what went wrong, in a few words.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"Cannot read image '{self.path}': {reason}.")
+
+
+def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+    """Decode a photo as an 8-bit sRGB PIL image, upright as a viewer would show it.
+
+    Transparent pixels are composited over white (as a viewer shows them on a page); dropping
+    alpha instead would expose whatever colour an editor left under fully transparent pixels.
+    Greyscale images of more than 8 bits are rescaled to 0-255, never clipped. CMYK is converted
+    with Pillow's device-independent formula (embedded ICC profiles are ignored).
+
+    Args:
+        path: an image file.
+        min_side: if given, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``, far
+            cheaper than a full decode) as long as both sides stay at least ``min_side``.
+
+    Returns:
+        A PIL image in mode ``"RGB"``.
+
+    Raises:
+        ImageLoadError: the file is missing, truncated, corrupt or of an unsupported kind.
+    """
+    try:
+        with Image.open(path) as image:
+            if min_side is not None:
+                image.draft(None, (min_side, min_side))
+            image.load()
+            return _to_rgb(_upright(image))
+    except FileNotFoundError:
+        raise ImageLoadError(path, "no such file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageLoadError(path, "not an image format Pillow can read") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(path, str(error).rstrip(".") or type(error).__name__) from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a photo with unreadable EXIF is kept as stored."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception:  # broken EXIF blocks are common and must not cost us the photo
+        return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> ``"RGB"``: alpha over white, high bit depths rescaled, palette expanded."""
+    if image.mode in _GREY_MODES:
+        image = _grey_to_8bit(image)
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return image
+
+
+def _grey_to_8bit(image: Image.Image) -> Image.Image:
+    """Rescale a greyscale image of 16/32-bit integers or floats to mode ``"L"``.
+
+    Pillow's own conversion clips some of these modes at 255. The value range is inferred from the
+    mode: ``I;16*`` is 0-65535; for ``I`` and ``F`` the range is the smallest of [0, 1], [0, 255]
+    and [0, 65535] holding every pixel, and otherwise the image's own maximum.
+    """
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode.startswith("I;16"):
+        full_scale = 65535.0
+    else:
+        peak = float(values.max()) if values.size else 0.0
+        full_scale = next((scale for scale in (1.0, 255.0, 65535.0) if peak <= scale), peak)
+    scaled = np.clip(values / full_scale * 255.0, 0.0, 255.0)
+    return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
+def colourfulness(rgb: torch.Tensor) -> torch.Tensor:
+    """Colourfulness metric M of Hasler & Suesstrunk (2003), on the paper's 0-255 scale.
+
+    ``M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2)`` with ``rg = R - G`` and
+    ``yb = (R + G) / 2 - B``. Roughly: 0 grey, 15 slightly, 33 moderately, 59 quite, 109 extremely
+    colourful.
+
+    Args:
+        rgb: (..., 3, H, W) sRGB in [0, 1].
+
+    Returns:
+        (...) colourfulness of each image.
+    """
+    if rgb.dim() < 3 or rgb.shape[-3] != 3 or not rgb.is_floating_point():
+        raise ValueError(
+            f"colourfulness expects float RGB of shape (..., 3, H, W), got {rgb.dtype} {tuple(rgb.shape)}."
+        )
+    red, green, blue = (rgb.double() * 255.0).unbind(dim=-3)
+    red_green = (red - green).flatten(-2)
+    yellow_blue = (0.5 * (red + green) - blue).flatten(-2)
+    spread = torch.hypot(red_green.std(dim=-1, unbiased=False), yellow_blue.std(dim=-1, unbiased=False))
+    offset = torch.hypot(red_green.mean(dim=-1), yellow_blue.mean(dim=-1))
+    return (spread + 0.3 * offset).to(rgb.dtype)
+
+
+def is_grayscale_photo(rgb: torch.Tensor, threshold: float = DEFAULT_GRAYSCALE_THRESHOLD) -> bool:
+    """Whether a photo carries too little colour to teach colorization (colourfulness < threshold).
+
+    Args:
+        rgb: (3, H, W) sRGB in [0, 1]; a small thumbnail is enough.
+        threshold: colourfulness below which the photo counts as greyscale.
+    """
+    return bool(colourfulness(rgb) < threshold)
+
+
+def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> list[str]:
+    """All photos in a folder tree, or the photos named in a list file, sorted.
+
+    A folder is searched recursively for files with an image extension (any case), so ImageNet's
+    ``train/<class>/*.JPEG`` and COCO's ``train2017/*.jpg`` need nothing special. A list file holds
+    one path per line, absolute or relative to ``root`` (default: the list file's folder); blank
+    lines and lines starting with ``#`` are ignored (a ``#`` later in a line is part of the name).
+    ``cinn.data.write_split`` writes such files.
+
+    Args:
+        source: a folder or a text file.
+        root: for a list file, the folder its relative paths start from.
+
+    Returns:
+        Paths as strings, sorted and free of duplicates.
+
+    Raises:
+        FileNotFoundError: ``source`` does not exist.
+        ValueError: ``source`` holds or names no images.
+    """
+    source = Path(source)
+    if source.is_dir():
+        paths = [
+            os.path.join(folder, name)
+            for folder, _, names in os.walk(source, followlinks=True)
+            for name in names
+            if name.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    elif source.is_file():
+        base = Path(root) if root is not None else source.parent
+        paths = [os.path.normpath(base / line) for line in _read_list_lines(source)]
+    else:
+        raise FileNotFoundError(f"Image source '{source}' is neither a folder nor a list file.")
+    if not paths:
+        raise ValueError(f"Image source '{source}' holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
+    return sorted(set(paths))
+
+
+def _read_list_lines(list_file: Path) -> list[str]:
+    """The paths named in a list file: stripped lines that are neither blank nor ``#`` comments."""
+    stripped = (line.strip() for line in list_file.read_text(encoding="utf-8").splitlines())
+    return [line for line in stripped if line and not line.startswith("#")]
