@@ -1,0 +1,171 @@
+"""Colorization head: pretrains a conditioning net as a deterministic colorizer (Zhang et al. 2016).
+
+The cINN paper (Ardizzone et al. 2019, Sec. 4.3) first trains the conditioning network as a plain
+colorizer and then uses its features as the flow's condition. ``PretrainingModel`` is that
+colorizer: backbone -> ``ColorizationHead`` -> logits over the ab bins of ``AbQuantizer``, trained
+with the class-rebalanced cross-entropy of Zhang et al. 2016 (Eq. 2-4), decoded by the annealed
+mean. Its ``predict_ab`` doubles as the deterministic baseline the flow's samples are compared to.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from conditioning_nets.base import ConditioningNet, conv_block
+from conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE, AbQuantizer, rebalancing_weights
+
+
+def resize_ab(ab: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """ab: (B, 2, H, W) -> (B, 2, *size); area averaging when shrinking, bilinear otherwise."""
+    if tuple(ab.shape[-2:]) == tuple(size):
+        return ab
+    shrinking = ab.shape[-2] >= size[0] and ab.shape[-1] >= size[1]
+    if shrinking:
+        return F.interpolate(ab, size=size, mode="area")
+    return F.interpolate(ab, size=size, mode="bilinear", align_corners=False)
+
+
+class ColorizationHead(nn.Module):
+    """Per-level maps -> logits over the ab bins, at the resolution of the finest map.
+
+    Every level map is projected to ``hidden_channels`` by a 1x1 conv and upsampled (bilinear) to
+    the finest map; they are summed together with a projection of the global vector, then a conv3x3
+    block and a 1x1 conv give the logits. The pixel statistics used by the rebalancing live in the
+    buffers ``bin_counts`` (Q,) and ``class_weights`` (Q,), so a state_dict carries them.
+
+    Args:
+        in_channels: channels of the level maps, fine to coarse (``ConditioningNet.out_channels``).
+        global_channels: size of the global vector, 0 if none (``ConditioningNet.global_channels``).
+        hidden_channels: common width the levels are projected to.
+        quantizer: the ab bins; a default ``AbQuantizer()`` if None.
+    """
+
+    def __init__(
+        self,
+        in_channels: tuple[int, ...],
+        global_channels: int = 0,
+        hidden_channels: int = 64,
+        quantizer: AbQuantizer | None = None,
+    ) -> None:
+        super().__init__()
+        self.quantizer = quantizer if quantizer is not None else AbQuantizer()
+        self.num_levels = len(in_channels)
+        self.global_channels = global_channels
+        self.projections = nn.ModuleList(nn.Conv2d(channels, hidden_channels, 1) for channels in in_channels)
+        self.global_projection = nn.Linear(global_channels, hidden_channels) if global_channels else None
+        self.trunk = nn.Sequential(
+            nn.ReLU(),
+            conv_block(hidden_channels, hidden_channels),
+            nn.Conv2d(hidden_channels, self.quantizer.num_bins, 1),
+        )
+        num_bins = self.quantizer.num_bins
+        self.register_buffer("bin_counts", torch.zeros(num_bins, dtype=torch.float64))
+        self.register_buffer("class_weights", torch.ones(num_bins))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Logits over the ab bins.
+
+        Args:
+            features: a conditioning net's output: maps (B, in_channels[k], H_k, W_k), fine to
+                coarse, then (B, global_channels) iff global_channels > 0.
+
+        Returns:
+            logits: (B, Q, H_0, W_0).
+        """
+        expected = self.num_levels + (1 if self.global_channels else 0)
+        if len(features) != expected:
+            raise ValueError(f"ColorizationHead expects {expected} feature tensors, got {len(features)}.")
+        size = features[0].shape[-2:]
+        hidden = sum(
+            F.interpolate(projection(level), size=size, mode="bilinear", align_corners=False)
+            for projection, level in zip(self.projections, features[: self.num_levels], strict=True)
+        )
+        if self.global_projection is not None:
+            hidden = hidden + self.global_projection(features[-1])[:, :, None, None]
+        return self.trunk(hidden)
+
+    @torch.no_grad()
+    def set_bin_counts(self, bin_counts: torch.Tensor, mix: float = 0.5, sigma: float = 5.0) -> None:
+        """Store pixel counts per bin (``accumulate_bin_counts``) and the rebalancing weights from them.
+
+        Args:
+            bin_counts: (Q,) counts.
+            mix, sigma: see ``rebalancing_weights``.
+        """
+        self.bin_counts.copy_(bin_counts)
+        weights = rebalancing_weights(self.bin_counts, self.quantizer.centers, mix=mix, sigma=sigma)
+        self.class_weights.copy_(weights)
+
+    def loss(self, logits: torch.Tensor, ab_target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Class-rebalanced soft-target cross-entropy (Zhang et al. 2016, Eq. 2), mean over pixels.
+
+        Args:
+            logits: (B, Q, h, w).
+            ab_target: (B, 2, H, W) normalised ab, resized to (h, w) here.
+            weights: (Q,) per-bin weights; the ``class_weights`` buffer if None (all ones until
+                ``set_bin_counts`` is called).
+
+        Returns:
+            Scalar loss.
+        """
+        weights = self.class_weights if weights is None else weights
+        ab = resize_ab(ab_target, logits.shape[-2:])
+        with torch.no_grad():
+            indices, target_weights = self.quantizer.encode_sparse(ab)
+        log_probabilities = torch.log_softmax(logits.float(), dim=1)
+        cross_entropy = -(log_probabilities.gather(1, indices) * target_weights).sum(dim=1)
+        # Each pixel is weighted by the class of its nearest bin, v(Z) = w[argmax Z] in Zhang (Eq. 3).
+        return (weights[indices[:, 0]] * cross_entropy).mean()
+
+    def predict_ab(self, features: list[torch.Tensor], temperature: float = ANNEALED_MEAN_TEMPERATURE) -> torch.Tensor:
+        """features (as ``forward``) -> annealed-mean ab (B, 2, H_0, W_0), normalised."""
+        return self.quantizer.decode_annealed_mean(self(features), temperature)
+
+
+class PretrainingModel(nn.Module):
+    """A conditioning net with a colorization head: lightness -> ab bins.
+
+    Args:
+        backbone: the conditioning net to pretrain; ``model.backbone`` is then reused by the flow.
+        hidden_channels: width of the head.
+        quantizer: the ab bins; a default ``AbQuantizer()`` if None.
+    """
+
+    def __init__(
+        self, backbone: ConditioningNet, hidden_channels: int = 64, quantizer: AbQuantizer | None = None
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = ColorizationHead(backbone.out_channels, backbone.global_channels, hidden_channels, quantizer)
+
+    def forward(self, lightness: torch.Tensor) -> torch.Tensor:
+        """lightness: (B, 1, H, W) normalised -> logits (B, Q, H / strides[0], W / strides[0])."""
+        return self.head(self.backbone(lightness))
+
+    def loss(self, lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+        """Rebalanced cross-entropy of lightness (B, 1, H, W) against ab (B, 2, H', W'), both normalised."""
+        return self.head.loss(self(lightness), ab)
+
+    @torch.no_grad()
+    def predict_ab(
+        self,
+        lightness: torch.Tensor,
+        out_size: tuple[int, int] | None = None,
+        temperature: float = ANNEALED_MEAN_TEMPERATURE,
+    ) -> torch.Tensor:
+        """Deterministic colorization.
+
+        Args:
+            lightness: (B, 1, H, W) normalised.
+            out_size: (height, width) to upsample to (bilinear); the finest map's size if None.
+            temperature: annealed-mean temperature.
+
+        Returns:
+            ab: (B, 2, *out_size) normalised.
+        """
+        ab = self.head.quantizer.decode_annealed_mean(self(lightness), temperature)
+        if out_size is not None:
+            ab = F.interpolate(ab, size=out_size, mode="bilinear", align_corners=False)
+        return ab
