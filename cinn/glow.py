@@ -172,9 +172,7 @@ class ConditionalGlow(nn.Module):
                 x = x[:, split:]
         return zs, logdet
 
-    def inverse(
-        self, zs: Sequence[torch.Tensor], c: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, zs: Sequence[torch.Tensor], c: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Latent to data: ``zs`` as returned by ``forward`` -> (ab (B, in_channels, H, W), logdet (B,))."""
         # The finest condition map runs at the data's resolution; the finest latent may not.
         conditions = self._level_conditions(c, c[0].shape[2], c[0].shape[3])

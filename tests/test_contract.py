@@ -34,9 +34,7 @@ class FlatGlow(nn.Module):
 
     def inverse(self, y, c):
         sizes = [torch.Size(shape).numel() for shape in self.shapes]
-        zs = [
-            part.reshape(-1, *shape) for part, shape in zip(y.split(sizes, dim=1), self.shapes, strict=True)
-        ]
+        zs = [part.reshape(-1, *shape) for part, shape in zip(y.split(sizes, dim=1), self.shapes, strict=True)]
         return self.glow.inverse(zs, c)
 
 
@@ -53,9 +51,7 @@ class Case:
         return bool(self.condition_shapes)
 
     def condition(self, batch: int, generator: torch.Generator, dtype=torch.float32):
-        tensors = [
-            torch.randn(batch, *shape, generator=generator, dtype=dtype) for shape in self.condition_shapes
-        ]
+        tensors = [torch.randn(batch, *shape, generator=generator, dtype=dtype) for shape in self.condition_shapes]
         if self.global_channels:
             tensors.append(torch.randn(batch, self.global_channels, generator=generator, dtype=dtype))
         if isinstance(self.build(0), FlatGlow):
@@ -71,9 +67,7 @@ def actnorm(seed: int) -> ActNorm:
 
 def glow(config: GlowConfig, conditions: tuple[int, ...], global_channels: int, size: int):
     return lambda seed: FlatGlow(
-        ConditionalGlow(
-            GlowConfig(**{**config.__dict__, "seed": seed}), conditions, global_channels=global_channels
-        ),
+        ConditionalGlow(GlowConfig(**{**config.__dict__, "seed": seed}), conditions, global_channels=global_channels),
         size,
         size,
     )
@@ -91,9 +85,7 @@ CASES = [
     Case("haar_rescaled", lambda s: HaarDownsampling(scale=0.5), (2, 4, 4)),
     Case(
         "sequential",
-        lambda s: InvertibleSequential(
-            ActNorm(4), InvertibleConv1x1LU(4, seed=s), ConditionalAffineCoupling(4, 2, 8)
-        ),
+        lambda s: InvertibleSequential(ActNorm(4), InvertibleConv1x1LU(4, seed=s), ConditionalAffineCoupling(4, 2, 8)),
         (4, 4, 4),
         ((2, 4, 4),),
     ),
@@ -222,9 +214,7 @@ def test_actnorm_initialisation_is_explicit_and_saved():
     assert bool(first_actnorm.initialized)
     normalised = (x + first_actnorm.bias) * first_actnorm.log_scale.exp()
     torch.testing.assert_close(normalised.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-4, rtol=0)
-    torch.testing.assert_close(
-        normalised.std(dim=(0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3, rtol=0
-    )
+    torch.testing.assert_close(normalised.std(dim=(0, 2, 3), unbiased=False), torch.ones(2), atol=1e-3, rtol=0)
     reloaded = ConditionalGlow(GlowConfig((1, 1), (8, 8), actnorm=True), (2, 2))
     reloaded.load_state_dict(glow_model.state_dict())
     assert bool(reloaded.levels[0].blocks[0].initialized)

@@ -133,9 +133,7 @@ def paper_shaped_glow(dtype=torch.float32) -> ConditionalGlow:
 
 def paper_conditions(batch: int, dtype=torch.float32) -> list[torch.Tensor]:
     sizes = [(8, 64), (16, 32), (16, 16), (32, 8)]
-    return [torch.randn(batch, ch, s, s, dtype=dtype) for ch, s in sizes] + [
-        torch.randn(batch, 16, dtype=dtype)
-    ]
+    return [torch.randn(batch, ch, s, s, dtype=dtype) for ch, s in sizes] + [torch.randn(batch, 16, dtype=dtype)]
 
 
 def test_paper_shaped_glow_reconstructs_in_float32():

@@ -1,0 +1,120 @@
+"""YAML recipes loaded into frozen dataclasses, strictly: a typo is an error naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the recipe's schema."""
+
+
+def _check_type(value: Any, annotation: Any, key: str) -> Any:
+    """Returns ``value`` converted to ``annotation`` or raises a ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if annotation is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, key)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0])
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping of {annotation.__name__} fields, got {value!r}")
+        return from_dict(annotation, value, prefix=f"{key}.")
+    if origin is tuple:
+        item_type = typing.get_args(annotation)[0]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"'{key}' must be a list, got {value!r}")
+        return tuple(_check_type(item, item_type, f"{key}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"'{key}' must be a mapping, got {value!r}")
+        return dict(value)
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation is float and isinstance(value, str):
+        try:  # YAML reads 1e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
+        raise ConfigError(f"'{key}' must be of type {annotation.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
+    """Builds the dataclass ``cls`` from ``values``; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    fields = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
+    converted = {name: _check_type(value, hints[name], f"{prefix}{name}") for name, value in values.items()}
+    try:
+        return cls(**converted)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"invalid '{prefix.rstrip('.') or cls.__name__}': {error}") from error
+
+
+def to_dict(config: Any) -> Any:
+    """A dataclass (nested) as plain YAML-ready data: tuples become lists."""
+    if dataclasses.is_dataclass(config):
+        return {field.name: to_dict(getattr(config, field.name)) for field in dataclasses.fields(config)}
+    if isinstance(config, (list, tuple)):
+        return [to_dict(item) for item in config]
+    if isinstance(config, dict):
+        return {key: to_dict(item) for key, item in config.items()}
+    return config
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``section.key=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for override in overrides:
+        path, separator, text = override.partition("=")
+        if not separator or not path:
+            raise ConfigError(f"override '{override}' must look like section.key=value")
+        *parents, leaf = path.strip().split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{override}': '{part}' is not a section")
+        node[leaf] = yaml.safe_load(text)
+    return values
+
+
+def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    """Reads the YAML file ``path`` with ``overrides`` applied into the frozen dataclass ``cls``."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file '{path}' must hold a mapping of sections")
+    return from_dict(cls, apply_overrides(values, overrides or []))
+
+
+def save_config(config: Any, path: str | Path) -> None:
+    """Writes ``config`` as YAML that ``load_config`` reads back to an equal config."""
+    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")

@@ -1,0 +1,138 @@
+"""The sections of a YAML recipe (``configs/*.yaml``): model, data, pretraining and training."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cinn.data import DatasetConfig
+from cinn.glow import GlowConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """What a release needs to rebuild the model; saved as its ``config.yaml``.
+
+    Attributes:
+        conditioning_net: a name in ``conditioning_nets.REGISTRY``.
+        conditioning_kwargs: its constructor arguments, except ``num_levels`` and ``first_stride``,
+            which follow from the flow and the two resolutions.
+        lightness_size: side of the lightness the conditioning net sees.
+        ab_size: side of the ab the flow models; ``lightness_size`` must be a multiple of it.
+        flow: the conditional Glow's shape.
+    """
+
+    conditioning_net: str = "small"
+    conditioning_kwargs: dict[str, Any] = field(default_factory=dict)
+    lightness_size: int = 64
+    ab_size: int = 32
+    flow: GlowConfig = field(default_factory=GlowConfig)
+
+    def __post_init__(self) -> None:
+        if self.lightness_size % self.ab_size:
+            raise ValueError(f"lightness_size {self.lightness_size} must be a multiple of ab_size {self.ab_size}")
+        if self.ab_size % 2 ** (self.flow.num_levels - 1):
+            raise ValueError(f"ab_size {self.ab_size} must be divisible by 2**(levels - 1)")
+        reserved = {"num_levels", "first_stride"} & set(self.conditioning_kwargs)
+        if reserved:
+            raise ValueError(f"conditioning_kwargs may not set {sorted(reserved)}: they follow from the flow")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How photos become batches (the image sizes come from the model section).
+
+    Attributes:
+        ab_noise: std of the Gaussian noise on normalised ab in training (the cINN paper: 0.05).
+        min_colourfulness: photos less colourful than this are skipped as grayscale.
+        crop_scale: area range of the random resized crop in training.
+        reduced_decoding: decode JPEGs at reduced size when that still covers the output.
+        val_fraction: share of the photos held out for validation when no list is given.
+        num_workers: DataLoader worker processes.
+    """
+
+    ab_noise: float = 0.05
+    min_colourfulness: float = 5.0
+    crop_scale: tuple[float, ...] = (0.3, 1.0)
+    reduced_decoding: bool = True
+    val_fraction: float = 0.1
+    num_workers: int = 2
+
+    def dataset_config(self, model: ModelConfig) -> DatasetConfig:
+        return DatasetConfig(
+            lightness_size=model.lightness_size,
+            ab_size=model.ab_size,
+            ab_noise=self.ab_noise,
+            min_colourfulness=self.min_colourfulness,
+            crop_scale=self.crop_scale,
+            reduced_decoding=self.reduced_decoding,
+        )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Pretraining the conditioning net as a deterministic colorizer (classification over ab bins)."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    head_hidden_channels: int = 64
+    bin_count_batches: int = 20
+    log_every: int = 20
+    val_every: int = 250
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training the cINN with the MAP objective.
+
+    Attributes:
+        pretrained_conditioning: backbone weights from ``pretrain_condnet.py`` (None: train the
+            conditioning net from scratch, end to end).
+        freeze_conditioning_steps: steps with the conditioning net frozen before joint fine-tuning
+            (-1: frozen for the whole run).
+        conditioning_lr: learning rate of the conditioning net once it is fine-tuned.
+        l2_weight: coefficient of the L2 weight penalty (per bits/dim of NLL).
+        schedule: "cosine" (warmup then cosine decay to ``min_lr_ratio``) or "constant".
+        max_bad_steps: consecutive non-finite steps that stop the run.
+    """
+
+    steps: int = 10000
+    batch_size: int = 32
+    lr: float = 1e-3
+    conditioning_lr: float = 1e-4
+    pretrained_conditioning: str | None = None
+    freeze_conditioning_steps: int = 0
+    l2_weight: float = 1e-5
+    adam_eps: float = 1e-6
+    warmup_steps: int = 200
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.05
+    grad_clip: float = 10.0
+    max_bad_steps: int = 20
+    log_every: int = 20
+    val_every: int = 500
+    val_batches: int = 8
+    image_every: int = 1000
+    checkpoint_every: int = 500
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole ``configs/*.yaml`` file."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)

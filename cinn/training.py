@@ -1,0 +1,155 @@
+"""What the training pipelines share: devices, processes, resumable data order, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cinn.data import collate_skipping
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when run directly)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> tuple[ProcessGroup, torch.device]:
+    """Joins the ``torchrun`` process group (gloo on CPU, nccl on CUDA) if launched by torchrun."""
+    if "RANK" not in os.environ:
+        return ProcessGroup(), resolve_device(device_name)
+    group = ProcessGroup(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
+    device = resolve_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", group.local_rank)
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return group, device
+
+
+class ResumableSampler(Sampler):
+    """An endless, resumable stream of ``(index, item_seed)`` for one rank.
+
+    Each epoch is a permutation seeded by ``(seed, epoch)``, dealt round-robin to the ranks. The
+    stream starts at ``start`` items into this rank's share, so a resumed run continues with
+    exactly the photos (and, through ``item_seed``, exactly the crops and noise) it would have seen.
+    """
+
+    def __init__(self, length: int, seed: int, start: int = 0, rank: int = 0, world_size: int = 1):
+        self.length, self.seed, self.start = length, seed, start
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = math.ceil(length / world_size)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch, offset = divmod(self.start, self.per_rank)
+        while True:
+            generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            order = torch.randperm(self.length, generator=generator)
+            order = order.repeat(math.ceil(self.per_rank * self.world_size / self.length))
+            share = order[self.rank :: self.world_size][: self.per_rank].tolist()
+            for position in range(offset, self.per_rank):
+                yield share[position], (self.seed * 100_003 + epoch) * 1_000_003 + position
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; DataLoader only asks for it in messages
+        return 2**62
+
+
+class SeededItems(Dataset):
+    """Wraps a dataset so that item ``(index, seed)`` is drawn with torch's RNG seeded by ``seed``."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        index, seed = key
+        torch.manual_seed(seed)
+        return self.dataset[index]
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def training_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler: ResumableSampler) -> DataLoader:
+    """An endless loader of training batches in the order ``sampler`` deals."""
+    return DataLoader(
+        SeededItems(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+
+
+def validation_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:
+    """Validation batches in a fixed order."""
+    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_skipping)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(payload: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves a torn checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint to resume from at '{path}'")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float, cosine: bool = True):
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio`` (or constant)."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if not cosine:
+            return 1.0
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier

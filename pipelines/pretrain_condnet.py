@@ -1,0 +1,170 @@
+"""Pretrain a conditioning network as a plain deterministic colorizer, as the cINN paper does.
+
+The net gets a head that classifies each pixel's ab into quantised bins with class rebalancing
+(Zhang et al. 2016), which keeps the features from collapsing to the brown average colour that an
+L2 regression gives. Writes ``backbone.safetensors`` (point ``train.pretrained_conditioning`` at
+it) and ``baseline.safetensors`` (backbone + head: the deterministic regression baseline).
+
+Examples:
+    python pipelines/pretrain_condnet.py --config configs/default.yaml --data photos/kit/train --out runs/pretrain
+    python pipelines/pretrain_condnet.py --out runs/pretrain --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from cinn.color import AB_SCALE
+from cinn.colorizer import conditioning_net_for
+from cinn.data import ColorizationDataset
+from cinn.training import (
+    ResumableSampler,
+    atomic_save,
+    load_checkpoint,
+    resolve_device,
+    rng_state,
+    set_rng_state,
+    training_loader,
+    validation_loader,
+)
+from conditioning_nets import PretrainingModel, accumulate_bin_counts
+from pipelines.cli import add_recipe_arguments, load_recipe, user_errors_exit
+from pipelines.run_dir import prepare_run
+
+LAST = "checkpoints/last.pt"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_recipe_arguments(parser, config_required=False)
+    parser.add_argument("--data", help="photo folder or list file")
+    parser.add_argument("--val-data", help="validation folder or list (default: a hashed split of --data)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    return parser.parse_args(argv)
+
+
+@torch.no_grad()
+def validate(model: PretrainingModel, loader, device: torch.device) -> dict[str, float]:
+    """Validation loss and ab RMSE in Lab units of the prediction and of the all-gray baseline."""
+    model.eval()
+    loss_sum, squared, gray_squared, pixels, batches = 0.0, 0.0, 0.0, 0, 0
+    for batch in loader:
+        if not batch["path"]:
+            continue
+        lightness, ab = batch["lightness"].to(device), batch["ab"].to(device)
+        loss_sum, batches = loss_sum + model.loss(lightness, ab).item(), batches + 1
+        predicted = model.predict_ab(lightness, out_size=tuple(ab.shape[2:]))
+        squared += ((predicted - ab) * AB_SCALE).pow(2).sum().item()
+        gray_squared += (ab * AB_SCALE).pow(2).sum().item()
+        pixels += ab.shape[0] * ab.shape[2] * ab.shape[3]
+    model.train()
+    return {
+        "val/loss": loss_sum / max(batches, 1),
+        "val/ab_rmse": (squared / max(pixels, 1)) ** 0.5,
+        "val/gray_ab_rmse": (gray_squared / max(pixels, 1)) ** 0.5,
+    }
+
+
+def export(model: PretrainingModel, out: Path, head_hidden_channels: int) -> None:
+    metadata = {"head_hidden_channels": json.dumps(head_hidden_channels)}
+    save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, out / "backbone.safetensors")
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "baseline.safetensors", metadata)
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    recipe, run = prepare_run(args, load_recipe)
+    settings, device = recipe.pretrain, resolve_device(args.device)
+    torch.manual_seed(settings.seed)
+    dataset_config = recipe.data.dataset_config(recipe.model)
+    train_set = ColorizationDataset(run.train, train=True, config=dataset_config)
+    val_loader = validation_loader(ColorizationDataset(run.val, train=False, config=dataset_config), 32, 0)
+
+    model = PretrainingModel(conditioning_net_for(recipe.model), settings.head_hidden_channels).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    step = 0
+    if args.resume:
+        checkpoint = load_checkpoint(args.out / LAST)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        step = checkpoint["step"]
+        set_rng_state(checkpoint["rng"])
+    else:  # the rebalancing needs the colour statistics of the training photos
+        counting = training_loader(
+            train_set,
+            settings.batch_size,
+            recipe.data.num_workers,
+            ResumableSampler(len(train_set), settings.seed + 1),
+        )
+        counts = accumulate_bin_counts(model.head.quantizer, (b["ab"] for b in counting), settings.bin_count_batches)
+        model.head.set_bin_counts(counts.to(device))
+    sampler = ResumableSampler(len(train_set), settings.seed, step * settings.batch_size)
+    batches = iter(training_loader(train_set, settings.batch_size, recipe.data.num_workers, sampler))
+
+    def save() -> None:
+        atomic_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "step": step,
+                "rng": rng_state(),
+            },
+            args.out / LAST,
+        )
+
+    writer = SummaryWriter(args.out / "tensorboard")
+    bar = tqdm(total=settings.steps, initial=step, dynamic_ncols=True)
+    clock = time.perf_counter()
+    try:
+        while step < settings.steps:
+            batch = next(batches)
+            if not batch["path"]:
+                continue
+            loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            if step % settings.log_every == 0:
+                rate = settings.log_every * settings.batch_size / (time.perf_counter() - clock)
+                clock = time.perf_counter()
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+                writer.add_scalar("train/loss", loss.item(), step)
+            if step % settings.val_every == 0 or step == settings.steps:
+                metrics = validate(model, val_loader, device)
+                for name, value in metrics.items():
+                    writer.add_scalar(name, value, step)
+                tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            if step % settings.checkpoint_every == 0 or step == settings.steps:
+                save()
+    except KeyboardInterrupt:
+        save()
+        print(f"\ninterrupted at step {step}; saved. Continue with --resume --out {args.out}", file=sys.stderr)
+        return 130
+    finally:
+        bar.close()
+        writer.close()
+    export(model, args.out, settings.head_hidden_channels)
+    print(f"backbone written to {args.out / 'backbone.safetensors'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

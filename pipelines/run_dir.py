@@ -1,0 +1,94 @@
+"""The run directory of a training pipeline: resolved recipe, published split, sample grids."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid
+
+from cinn.color import normalized_lab_to_rgb
+from cinn.config import save_config
+from cinn.data import split_train_val, write_split
+from cinn.images import list_images
+from cinn.recipe import Recipe
+
+CONFIG, RUN_INFO, TRAIN_LIST, VAL_LIST = "config.yaml", "run.json", "train.txt", "val.txt"
+
+
+@dataclass(frozen=True)
+class RunData:
+    """The photos of a run: the data source named at its start and its train / validation split."""
+
+    data: str
+    train: list[str]
+    val: list[str]
+
+
+def prepare_run(
+    args: argparse.Namespace,
+    load_recipe: Callable[[Path, list[str]], Recipe],
+    checkpoint: str = "checkpoints/last.pt",
+) -> tuple[Recipe, RunData]:
+    """Resolves the recipe and the data split of a new or resumed run in ``args.out``.
+
+    A new run refuses a directory that already holds a checkpoint (it would be overwritten);
+    ``--resume`` reads the run's own ``config.yaml`` (``--set`` still applies) and split files.
+    Only rank 0 writes; every rank computes the same split.
+    """
+    out: Path = args.out
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if args.resume:
+        if args.config is not None:
+            raise ValueError("--resume continues with the run's own config.yaml; change values with --set")
+        if not (out / CONFIG).is_file():
+            raise FileNotFoundError(f"'{out}' holds no run to resume (no {CONFIG})")
+        recipe = load_recipe(out / CONFIG, args.overrides)
+        info = json.loads((out / RUN_INFO).read_text(encoding="utf-8"))
+        if is_main:
+            save_config(recipe, out / CONFIG)
+        return recipe, RunData(info["data"], list_images(out / TRAIN_LIST), list_images(out / VAL_LIST))
+    if args.config is None or args.data is None:
+        raise ValueError("a new run needs --config and --data (or --resume to continue one)")
+    if (out / checkpoint).exists():
+        raise FileExistsError(f"'{out}' already holds a training run; pass --resume or choose another --out")
+    recipe = load_recipe(args.config, args.overrides)
+    paths = list_images(args.data)
+    if args.val_data:
+        train, val = paths, list_images(args.val_data)
+    else:
+        train, val = split_train_val(paths, args.data, recipe.data.val_fraction)
+    if not train or not val:
+        raise ValueError(f"'{args.data}' gives {len(train)} training and {len(val)} validation photos; need both")
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(recipe, out / CONFIG)
+        write_split(out, train, val)
+        info = {"data": str(args.data), "val_data": args.val_data, "train": len(train), "val": len(val)}
+        (out / RUN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    return recipe, RunData(str(args.data), train, val)
+
+
+@torch.no_grad()
+def sample_grid(model, loader, device: torch.device, num_images: int = 4, num_samples: int = 2) -> torch.Tensor:
+    """(3, H, W) grid: per row one validation photo as gray, ground truth, and samples at T=0.7, 1.0."""
+    batch = next(iter(loader))
+    lightness = batch["lightness"][:num_images].to(device)
+    ab_truth = batch["ab"][:num_images].to(device)
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    columns = [torch.zeros_like(ab_truth), ab_truth]
+    for temperature in (0.7, 1.0):
+        samples = model.sample(lightness, num_samples, temperature, generator)
+        columns += [samples[:, index] for index in range(num_samples)]
+    model.train(was_training)
+    size = lightness.shape[2:]
+    tiles = [normalized_lab_to_rgb(lightness, F.interpolate(ab, size=size, mode="bilinear")) for ab in columns]
+    return make_grid(torch.stack(tiles, dim=1).flatten(0, 1), nrow=len(columns), padding=2)

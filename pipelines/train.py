@@ -1,0 +1,328 @@
+"""Train the colorization cINN with the MAP objective (Ardizzone et al. 2019, section 3.2).
+
+Reads top to bottom: parse, build, resume, loop (step, log, validate, checkpoint), export.
+
+Examples:
+    python pipelines/train.py --config configs/default.yaml --data photos/kit/train --out runs/default
+    python pipelines/train.py --out runs/default --resume             # continue after an interruption
+    python pipelines/train.py --config configs/debug.yaml --data DIR --out runs/x --set train.steps=50
+    torchrun --nproc_per_node 2 pipelines/train.py --config configs/debug.yaml --data DIR --out runs/ddp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from cinn.blocks import ActNorm
+from cinn.colorizer import Colorizer
+from cinn.config import to_dict
+from cinn.data import ColorizationDataset
+from cinn.loss import map_loss
+from cinn.recipe import Recipe
+from cinn.training import (
+    ProcessGroup,
+    ResumableSampler,
+    atomic_save,
+    init_distributed,
+    load_checkpoint,
+    rng_state,
+    set_rng_state,
+    training_loader,
+    validation_loader,
+    warmup_cosine,
+)
+from pipelines.cli import add_recipe_arguments, load_recipe, user_errors_exit
+from pipelines.run_dir import prepare_run, sample_grid
+
+LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class Progress:
+    """Everything about the loop that a checkpoint must restore besides the weights."""
+
+    step: int = 0
+    best_val_bits_per_dim: float = math.inf
+    skipped_steps: int = 0
+    consecutive_bad_steps: int = 0
+    skipped_photos: int = 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_recipe_arguments(parser, config_required=False)
+    parser.add_argument("--data", help="photo folder (any tree: ImageNet, COCO, ...) or a list file")
+    parser.add_argument("--val-data", help="validation folder or list (default: a hashed split of --data)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    return parser.parse_args(argv)
+
+
+def build_model(recipe: Recipe, device: torch.device) -> Colorizer:
+    model = Colorizer(recipe.model)
+    path = recipe.train.pretrained_conditioning
+    if path is not None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"train.pretrained_conditioning: '{path}' does not exist")
+        model.conditioning_net.load_state_dict(load_file(path))
+    return model.to(device)
+
+
+def build_optimizer(model: Colorizer, recipe: Recipe):
+    train = recipe.train
+    groups = [{"params": list(model.flow.parameters()), "lr": train.lr}]
+    groups.append({"params": list(model.conditioning_net.parameters()), "lr": train.conditioning_lr})
+    optimizer = torch.optim.Adam(groups, eps=train.adam_eps)
+    schedule = warmup_cosine(train.warmup_steps, train.steps, train.min_lr_ratio, train.schedule == "cosine")
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def conditioning_frozen(recipe: Recipe, step: int) -> bool:
+    freeze = recipe.train.freeze_conditioning_steps
+    return freeze < 0 or step < freeze
+
+
+def wrap(model: Colorizer, frozen: bool, group: ProcessGroup, device: torch.device) -> torch.nn.Module:
+    """Sets what trains in this phase; DDP (re)built so it only syncs what trains."""
+    model.conditioning_net.requires_grad_(not frozen)
+    model.conditioning_net.train(not frozen)
+    model.flow.train()
+    if group.world_size == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def next_batch(batches, progress: Progress, device: torch.device):
+    """The next batch with at least one usable photo; skipped photos are counted."""
+    while True:
+        batch = next(batches)
+        progress.skipped_photos += batch["num_skipped"]
+        if batch["path"]:
+            return batch["lightness"].to(device), batch["ab"].to(device)
+
+
+@torch.no_grad()
+def validate(model: Colorizer, loader, max_batches: int, device: torch.device) -> float:
+    """Mean bits/dim of the validation ab (no noise, centre crops)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for index, batch in enumerate(loader):
+        if index >= max_batches:
+            break
+        if batch["path"]:
+            bits = model.nll(batch["lightness"].to(device), batch["ab"].to(device))
+            total, count = total + bits.sum().item(), count + bits.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, progress: Progress, recipe: Recipe) -> None:
+    atomic_save(
+        {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "progress": progress.__dict__,
+            "rng": rng_state(),
+            "recipe": to_dict(recipe),
+        },
+        path,
+    )
+
+
+def model_card(recipe: Recipe, progress: Progress, data: str, train_count: int, val_count: int) -> str:
+    return (
+        "# cINN colorization model\n\n"
+        f"- conditioning net: `{recipe.model.conditioning_net}`, lightness {recipe.model.lightness_size}px, "
+        f"ab {recipe.model.ab_size}px, flow levels {list(recipe.model.flow.steps_per_level)}\n"
+        f"- trained on: `{data}` ({train_count} training photos, {val_count} validation photos)\n"
+        f"- steps: {progress.step} at batch size {recipe.train.batch_size}\n"
+        f"- validation NLL: {progress.best_val_bits_per_dim:.4f} bits/dim (best), of normalised ab\n"
+        f"- skipped steps (non-finite): {progress.skipped_steps}\n"
+    )
+
+
+def check_ranks_in_sync(model: torch.nn.Module) -> None:
+    """Every rank must end with the same weights; a difference is a bug worth stopping for."""
+    flat = torch.cat([tensor.detach().float().flatten().cpu() for tensor in model.state_dict().values()])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    if any(not torch.equal(gathered[0], other) for other in gathered[1:]):
+        raise RuntimeError("ranks ended with different weights")
+    if dist.get_rank() == 0:
+        print(f"weights identical on all {len(gathered)} ranks")
+
+
+def optimisation_step(forward, model: Colorizer, optimizer, lightness, ab, recipe: Recipe, progress: Progress):
+    """Forward, MAP loss, backward, clip and (if everything is finite) the Adam step."""
+    train = recipe.train
+    with torch.autocast(lightness.device.type, dtype=torch.bfloat16, enabled=train.bf16):
+        zs, logdet = forward(lightness, ab)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    loss = map_loss([z.float() for z in zs], logdet.float(), trainable, train.l2_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
+    if torch.isfinite(loss.total) and torch.isfinite(grad_norm):
+        optimizer.step()
+        progress.consecutive_bad_steps = 0
+        return loss, grad_norm
+    progress.skipped_steps += 1  # a non-finite step is counted and skipped, never applied
+    progress.consecutive_bad_steps += 1
+    if progress.consecutive_bad_steps >= train.max_bad_steps:
+        raise TrainingDiverged(
+            f"{progress.consecutive_bad_steps} non-finite steps in a row at step {progress.step}; stopped, "
+            "the last good checkpoint is intact (try a lower train.lr or train.grad_clip)"
+        )
+    return loss, grad_norm
+
+
+class Reporter:
+    """Rank 0's outputs: progress bar, TensorBoard, JSONL log, validation, sample grids, checkpoints."""
+
+    def __init__(self, out: Path, recipe: Recipe, progress: Progress, val_loader, device: torch.device):
+        self.out, self.recipe, self.val_loader, self.device = out, recipe, val_loader, device
+        self.writer = SummaryWriter(out / "tensorboard")
+        self.log_file = open(out / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self.bar = tqdm(total=recipe.train.steps, initial=progress.step, dynamic_ncols=True)
+        self.images, self.clock = 0, time.perf_counter()
+
+    def due(self, every: int, step: int) -> bool:
+        return step % every == 0 or step == self.recipe.train.steps
+
+    def after_step(self, model, optimizer, scheduler, progress: Progress, loss, grad_norm, images: int) -> None:
+        train, step = self.recipe.train, progress.step
+        self.bar.update(1)
+        self.images += images
+        if self.due(train.log_every, step):
+            rate = self.images / (time.perf_counter() - self.clock)
+            self.images, self.clock = 0, time.perf_counter()
+            bpd, total = loss.nll_bits_per_dim.item(), loss.total.item()
+            self.bar.set_postfix(loss=f"{total:.3f}", bpd=f"{bpd:.3f}", img_s=f"{rate:.1f}")
+            self.log(step, {
+                "train/bits_per_dim": bpd, "train/l2": loss.l2.item(), "train/loss": total,
+                "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm.item(),
+                "train/skipped_steps": progress.skipped_steps, "train/skipped_photos": progress.skipped_photos,
+                "train/images_per_second": rate,
+            })  # fmt: skip
+        if self.due(train.val_every, step):
+            val_bpd = validate(model, self.val_loader, train.val_batches, self.device)
+            self.log(step, {"val/bits_per_dim": val_bpd})
+            if val_bpd < progress.best_val_bits_per_dim:
+                progress.best_val_bits_per_dim = val_bpd
+                save_checkpoint(self.out / BEST, model, optimizer, scheduler, progress, self.recipe)
+        if self.due(train.image_every, step):
+            self.writer.add_image("samples", sample_grid(model, self.val_loader, self.device), step)
+        if self.due(train.checkpoint_every, step):
+            save_checkpoint(self.out / LAST, model, optimizer, scheduler, progress, self.recipe)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        for name, value in scalars.items():
+            self.writer.add_scalar(name, value, step)
+        self.log_file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.log_file.flush()
+
+    def close(self) -> None:
+        self.bar.close()
+        self.writer.close()
+        self.log_file.close()
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    recipe, run = prepare_run(args, load_recipe)
+    group, device = init_distributed(recipe.train.device)
+    train = recipe.train
+    torch.manual_seed(train.seed)
+
+    # Data: the split written in the run directory is the one used, also on resume.
+    dataset_config = recipe.data.dataset_config(recipe.model)
+    train_set = ColorizationDataset(run.train, train=True, config=dataset_config)
+    val_set = ColorizationDataset(run.val, train=False, config=dataset_config)
+    val_loader = validation_loader(val_set, train.batch_size, 0)
+
+    # Model, optimiser, and either a resumed state or a fresh start.
+    model = build_model(recipe, device)
+    optimizer, scheduler = build_optimizer(model, recipe)
+    progress = Progress()
+    if args.resume:
+        checkpoint = load_checkpoint(args.out / LAST)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        progress = Progress(**checkpoint["progress"])
+        set_rng_state(checkpoint["rng"])
+    elif any(isinstance(module, ActNorm) for module in model.modules()):
+        first = training_loader(train_set, train.batch_size, 0, ResumableSampler(len(train_set), train.seed + 1))
+        lightness, ab = next_batch(iter(first), Progress(), device)
+        model.flow.initialize(ab, model.conditions(lightness))
+    sampler = ResumableSampler(len(train_set), train.seed, progress.step * train.batch_size, group.rank,
+                               group.world_size)  # fmt: skip
+    batches = iter(training_loader(train_set, train.batch_size, recipe.data.num_workers, sampler))
+
+    reporter = Reporter(args.out, recipe, progress, val_loader, device) if group.is_main else None
+    frozen = None
+    try:
+        while progress.step < train.steps:
+            if conditioning_frozen(recipe, progress.step) != frozen:
+                frozen = conditioning_frozen(recipe, progress.step)
+                trained = wrap(model, frozen, group, device)
+                forward = torch.compile(trained) if train.compile else trained
+            lightness, ab = next_batch(batches, progress, device)
+            loss, grad_norm = optimisation_step(forward, model, optimizer, lightness, ab, recipe, progress)
+            scheduler.step()
+            progress.step += 1
+            if reporter:
+                images = lightness.shape[0] * group.world_size
+                reporter.after_step(model, optimizer, scheduler, progress, loss, grad_norm, images)
+    except KeyboardInterrupt:
+        if group.is_main:
+            save_checkpoint(args.out / LAST, model, optimizer, scheduler, progress, recipe)
+            print(f"\ninterrupted at step {progress.step}; saved. Continue with: "
+                  f"python pipelines/train.py --out {args.out} --resume", file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        if reporter:
+            reporter.close()
+
+    if group.world_size > 1:
+        check_ranks_in_sync(model)
+    if group.is_main:
+        card = model_card(recipe, progress, run.data, len(run.train), len(run.val))
+        release = model.save_pretrained(args.out / "release", card=card)
+        if train.pretrained_conditioning:  # ship the deterministic baseline beside the model
+            baseline = Path(train.pretrained_conditioning).with_name("baseline.safetensors")
+            if baseline.is_file():
+                shutil.copyfile(baseline, release / "baseline.safetensors")
+        print(f"release written to {release}")
+    if group.world_size > 1:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""Training pipeline: config errors, release export, exact resume, torchrun, non-finite steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import pipelines.train as train_pipeline
+from cinn.colorizer import Colorizer
+from cinn.config import ConfigError, load_config
+from cinn.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+DEBUG = str(ROOT / "configs" / "debug.yaml")
+
+
+def run_train(*args: str) -> int:
+    return train_pipeline.main(["--config", DEBUG, *args])
+
+
+def read_log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+def test_config_errors_name_the_key(tmp_path, capsys, photo_folder):
+    with pytest.raises(ConfigError, match="train.lrr"):
+        load_config(Recipe, DEBUG, ["train.lrr=1e-3"])
+    with pytest.raises(ConfigError, match="'model.flow.hidden_channels\\[0\\]' must be of type int"):
+        load_config(Recipe, DEBUG, ["model.flow.hidden_channels=[a, 8, 8]"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match="unknown config key 'train.stepz'"):
+        load_config(Recipe, bad)
+    code = train_pipeline.main(["--config", str(bad), "--data", str(photo_folder), "--out", str(tmp_path / "r")])
+    assert code == 2
+    assert "unknown config key 'train.stepz'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_debug_run_writes_a_release_that_samples(tmp_path, photo_folder):
+    run = tmp_path / "run"
+    assert run_train("--data", str(photo_folder), "--out", str(run), "--set", "train.steps=2") == 0
+    for name in ("config.yaml", "train.txt", "val.txt", "log.jsonl", "checkpoints/last.pt"):
+        assert (run / name).is_file(), name
+    assert any(entry.get("val/bits_per_dim") for entry in read_log(run))
+    model = Colorizer.from_pretrained(run / "release")
+    ab = model.sample(torch.zeros(3, 1, 16, 16), num_samples=5, temperature=0.7)
+    assert ab.shape == (3, 5, 2, 8, 8) and torch.isfinite(ab).all()
+    assert (ab[:, 0] - ab[:, 1]).abs().max() > 0  # samples differ
+    # A second new run into the same directory would overwrite it: refused.
+    assert run_train("--data", str(photo_folder), "--out", str(run)) == 2
+
+
+def test_resume_gives_the_same_weights(tmp_path, photo_folder, monkeypatch):
+    common = ["--data", str(photo_folder), "--set", "train.steps=4", "--set", "train.val_every=100"]
+    assert run_train(*common, "--out", str(tmp_path / "straight")) == 0
+
+    real_next_batch, calls = train_pipeline.next_batch, []
+
+    def interrupted_after_two_steps(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during step 3
+        return real_next_batch(*args, **kwargs)
+
+    monkeypatch.setattr(train_pipeline, "next_batch", interrupted_after_two_steps)
+    assert run_train(*common, "--out", str(tmp_path / "resumed")) == 130
+    monkeypatch.setattr(train_pipeline, "next_batch", real_next_batch)
+    checkpoint = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)
+    assert checkpoint["progress"]["step"] == 2
+    assert train_pipeline.main(["--out", str(tmp_path / "resumed"), "--resume"]) == 0
+
+    straight = load_file(tmp_path / "straight/release/model.safetensors")
+    resumed = load_file(tmp_path / "resumed/release/model.safetensors")
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name
+
+
+def test_non_finite_step_is_skipped_and_counted(tmp_path, photo_folder, monkeypatch):
+    real_loss, calls = train_pipeline.map_loss, []
+
+    def nan_on_second_call(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            loss.total = loss.total * float("nan")
+        return loss
+
+    monkeypatch.setattr(train_pipeline, "map_loss", nan_on_second_call)
+    run = tmp_path / "nan"
+    assert run_train("--data", str(photo_folder), "--out", str(run)) == 0
+    log = [entry for entry in read_log(run) if "train/skipped_steps" in entry]
+    assert [entry["train/skipped_steps"] for entry in log] == [0, 1, 1, 1]
+    weights = load_file(run / "release/model.safetensors")
+    assert all(torch.isfinite(tensor.float()).all() for tensor in weights.values())
+
+
+def test_many_non_finite_steps_stop_the_run(tmp_path, photo_folder, monkeypatch, capsys):
+    real_loss = train_pipeline.map_loss
+
+    def always_nan(*args, **kwargs):
+        loss = real_loss(*args, **kwargs)
+        loss.total = loss.total * float("nan")
+        return loss
+
+    monkeypatch.setattr(train_pipeline, "map_loss", always_nan)
+    code = run_train("--data", str(photo_folder), "--out", str(tmp_path / "x"), "--set", "train.max_bad_steps=3")
+    assert code == 2
+    assert "3 non-finite steps in a row" in capsys.readouterr().err
+
+
+def test_torchrun_two_processes_keep_identical_weights(tmp_path, photo_folder):
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        str(ROOT / "pipelines" / "train.py"), "--config", DEBUG, "--data", str(photo_folder),
+        "--out", str(tmp_path / "ddp"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "weights identical on all 2 ranks" in result.stdout
+    assert (tmp_path / "ddp/release/model.safetensors").is_file()
