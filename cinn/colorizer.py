@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import yaml
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cinn.color import normalize_lightness, rgb_to_lab
 from cinn.config import ConfigError, from_dict, save_config
 from cinn.glow import ConditionalGlow
+from cinn.inference import Colorization, interpolate_latents, prepare_photo, recombine
 from cinn.loss import bits_per_dim, negative_log_likelihood, sample_latents
 from cinn.recipe import ModelConfig
 from conditioning_nets import ConditioningNet, build_conditioning_net
@@ -74,14 +78,98 @@ class Colorizer(nn.Module):
         Returns:
             ab: (B, num_samples, 2, Ha, Wa) normalised.
         """
+        ab, _ = self.sample_with_likelihood(lightness, num_samples, temperature, generator)
+        return ab
+
+    def sample_with_likelihood(
+        self,
+        lightness: torch.Tensor,
+        num_samples: int = 1,
+        temperature: float = 0.7,
+        generator: torch.Generator | None = None,
+        zs: list[torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As ``sample``, also returning each sample's exact NLL (B, num_samples) in bits/dim.
+
+        The NLL comes free with the inverse pass: ``-log p(ab) = ||z||^2/2 + D log(2 pi)/2 +
+        log|det d ab/dz|``. Pass ``zs`` (per-level, batch B * num_samples) to decode given latents.
+        """
         batch = lightness.shape[0]
         conditions = [c.repeat_interleave(num_samples, dim=0) for c in self.conditions(lightness)]
-        ab_height = lightness.shape[2] * self.config.ab_size // self.config.lightness_size
-        ab_width = lightness.shape[3] * self.config.ab_size // self.config.lightness_size
+        if zs is None:
+            ab_height = lightness.shape[2] * self.config.ab_size // self.config.lightness_size
+            ab_width = lightness.shape[3] * self.config.ab_size // self.config.lightness_size
+            shapes = self.flow.latent_shapes(ab_height, ab_width)
+            zs = sample_latents(shapes, batch * num_samples, temperature, generator, lightness.device, lightness.dtype)
+        ab, logdet_inverse = self.flow.inverse(zs, conditions)
+        bits = bits_per_dim(negative_log_likelihood(zs, -logdet_inverse), ab[0].numel())
+        return ab.reshape(batch, num_samples, *ab.shape[1:]), bits.reshape(batch, num_samples)
+
+    @property
+    def input_multiple(self) -> int:
+        """Lightness sides must be multiples of this, for the conditioning net and the flow's levels."""
+        first_stride = self.config.lightness_size // self.config.ab_size
+        return math.lcm(self.conditioning_net.input_multiple, first_stride * 2 ** (self.config.flow.num_levels - 1))
+
+    @torch.no_grad()
+    def colorize_photo(
+        self,
+        image: Image.Image,
+        num_samples: int = 8,
+        temperature: float = 0.7,
+        generator: torch.Generator | None = None,
+        working_side: int | None = None,
+    ) -> Colorization:
+        """Colorizes a PIL photo at its full resolution, with each sample's likelihood.
+
+        A colour photo is first reduced to its lightness. The model runs at a working size whose
+        short side is ``working_side`` (default: the training lightness size); each sampled ab is
+        upsampled guided by the photo's own full-resolution lightness and recombined with it, so
+        the lightness of the result is exactly the input's. Temperature 0 gives the single mode-like
+        sample ``z = 0``, so only one image is returned.
+        """
+        device = next(self.parameters()).device
+        side = working_side or self.config.lightness_size
+        full_lightness, lightness, ab_truth, alpha, has_colour = prepare_photo(image, side, self.input_multiple, device)
+        num_samples = 1 if temperature == 0 else num_samples
+        ab, bits = self.sample_with_likelihood(lightness, num_samples, temperature, generator)
+        original = None
+        if has_colour:
+            ab_truth = F.interpolate(ab_truth, size=ab.shape[-2:], mode="area")
+            original = self.nll(lightness, ab_truth).item()
+        images = recombine(ab[0], full_lightness, alpha)
+        return Colorization(images, bits[0].tolist(), original, ab[0])
+
+    def colorize(
+        self,
+        image: Image.Image,
+        num_samples: int = 8,
+        temperature: float = 0.7,
+        generator: torch.Generator | None = None,
+    ) -> list[Image.Image]:
+        """``num_samples`` different colorizations of a PIL photo at its full resolution."""
+        return self.colorize_photo(image, num_samples, temperature, generator).images
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        image: Image.Image,
+        num_frames: int = 8,
+        temperature: float = 0.7,
+        generator: torch.Generator | None = None,
+        working_side: int | None = None,
+    ) -> list[Image.Image]:
+        """Colorizations along a path in latent space between two random samples."""
+        device = next(self.parameters()).device
+        full_lightness, lightness, _, alpha, _ = prepare_photo(
+            image, working_side or self.config.lightness_size, self.input_multiple, device
+        )
+        ab_height, ab_width = (side * self.config.ab_size // self.config.lightness_size for side in lightness.shape[2:])
         shapes = self.flow.latent_shapes(ab_height, ab_width)
-        zs = sample_latents(shapes, batch * num_samples, temperature, generator, lightness.device, lightness.dtype)
-        ab, _ = self.flow.inverse(zs, conditions)
-        return ab.reshape(batch, num_samples, *ab.shape[1:])
+        ends = [sample_latents(shapes, 1, temperature, generator, device) for _ in range(2)]
+        zs = interpolate_latents(ends[0], ends[1], num_frames)
+        ab, _ = self.sample_with_likelihood(lightness, num_frames, temperature, zs=zs)
+        return recombine(ab[0], full_lightness, alpha)
 
     def save_pretrained(self, directory: str | Path, card: str | None = None, **metadata: str) -> Path:
         """Writes a release: ``config.yaml``, ``model.safetensors`` and a model card ``README.md``."""

@@ -20,6 +20,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 # catches greyscale photos stored as RGB (JPEG chroma noise stays around 1-3).
 DEFAULT_GRAYSCALE_THRESHOLD = 5.0
 
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
@@ -38,6 +39,11 @@ class ImageLoadError(Exception):
 
 
 def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Image:
+    """``load_rgb_and_alpha`` without the alpha channel: the photo composited over white."""
+    return load_rgb_and_alpha(path, min_side)[0]
+
+
+def load_rgb_and_alpha(path: str | os.PathLike, min_side: int | None = None) -> tuple[Image.Image, Image.Image | None]:
     """Decode a photo as an 8-bit sRGB PIL image, upright as a viewer would show it.
 
     Transparent pixels are composited over white (as a viewer shows them on a page); dropping
@@ -51,7 +57,7 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
             cheaper than a full decode) as long as both sides stay at least ``min_side``.
 
     Returns:
-        A PIL image in mode ``"RGB"``.
+        A PIL image in mode ``"RGB"``, and its alpha channel (mode ``"L"``) if it has one, else None.
 
     Raises:
         ImageLoadError: the file is missing, truncated, corrupt or of an unsupported kind.
@@ -61,13 +67,20 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
             if min_side is not None:
                 image.draft(None, (min_side, min_side))
             image.load()
-            return _to_rgb(_upright(image))
+            return rgb_and_alpha(_upright(image))
     except FileNotFoundError:
         raise ImageLoadError(path, "no such file") from None
     except Image.UnidentifiedImageError:
         raise ImageLoadError(path, "not an image format Pillow can read") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageLoadError(path, str(error).rstrip(".") or type(error).__name__) from None
+
+
+def rgb_and_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """A decoded PIL image of any mode -> (8-bit sRGB composited over white, alpha or None)."""
+    has_alpha = image.mode in _ALPHA_MODES or (image.mode == "P" and "transparency" in image.info)
+    alpha = image.convert("RGBA").getchannel("A") if has_alpha else None
+    return _to_rgb(image), alpha
 
 
 def _upright(image: Image.Image) -> Image.Image:
@@ -84,7 +97,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         image = _grey_to_8bit(image)
     if image.mode == "P":
         image = image.convert("RGBA" if "transparency" in image.info else "RGB")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in _ALPHA_MODES:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         image = Image.alpha_composite(white, rgba)

@@ -1,0 +1,159 @@
+"""Colorize grayscale (or colour) photos: several different, plausible colorizations of each.
+
+Each sample is written at the photo's full resolution (NAME_color_01.png, ...), with a grid of the
+gray input and all samples (NAME_grid.png). A colour photo is first reduced to its lightness.
+
+Examples:
+    python pipelines/colorize.py photo.jpg --n 8
+    python pipelines/colorize.py old_photos/ "scans/*.tif" --n 4 --temperature 0.6 --seed 1 --out colorized/
+    python pipelines/colorize.py photo.jpg --likelihood --interpolate 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from cinn import DEFAULT_MODEL, DEFAULT_TEMPERATURE
+from cinn.colorizer import Colorizer
+from cinn.images import IMAGE_EXTENSIONS, ImageLoadError, load_rgb_and_alpha
+from cinn.training import resolve_device
+from pipelines.cli import user_errors_exit
+
+GRID_TILE_HEIGHT = 256
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
+    parser.add_argument("--n", type=int, default=8, help="colorizations per photo (default 8)")
+    parser.add_argument(
+        "--temperature", type=float, default=DEFAULT_TEMPERATURE,
+        help=f"sampling temperature: 0 gives one deterministic result, higher is more varied "
+        f"(default {DEFAULT_TEMPERATURE})",
+    )  # fmt: skip
+    parser.add_argument("--seed", type=int, default=None, help="make the samples reproducible")
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model release directory (default: shipped)")
+    parser.add_argument("--out", type=Path, default=Path("colorized"), help="output folder (default colorized/)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    parser.add_argument("--likelihood", action="store_true", help="print each sample's bits/dim under the model")
+    parser.add_argument(
+        "--interpolate",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write a strip of K colorizations along a latent path (NAME_interpolation.png)",
+    )
+    parser.add_argument(
+        "--working-side",
+        type=int,
+        default=None,
+        help="short side of the lightness the model sees (default: its training size)",
+    )
+    args = parser.parse_args(argv)
+    if args.n < 1 or args.temperature < 0 or args.interpolate < 0 or args.interpolate == 1:
+        parser.error("--n must be >= 1, --temperature >= 0 and --interpolate 0 or >= 2")
+    return args
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders' images (recursively, sorted), glob patterns expanded."""
+    paths = []
+    for item in inputs:
+        if any(char in item for char in "*?["):
+            matches = sorted(glob.glob(item, recursive=True))
+            paths += [Path(match) for match in matches] or [Path(item)]
+        elif Path(item).is_dir():
+            found = [Path(root) / name for root, _, names in os.walk(item) for name in names]
+            paths += sorted(path for path in found if path.suffix.lower() in IMAGE_EXTENSIONS)
+        else:
+            paths.append(Path(item))
+    return paths
+
+
+def unique_names(paths: list[Path]) -> list[str]:
+    """Output stems: the file stem, made unique (``photo``, ``photo_2``) when two inputs share it."""
+    names, seen = [], set()
+    for path in paths:
+        name, count = path.stem, 1
+        while name in seen:
+            count += 1
+            name = f"{path.stem}_{count}"
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def grid(images: list[Image.Image]) -> Image.Image:
+    """One row of tiles of equal height."""
+    tiles = [image.convert("RGB").resize((max(1, round(image.width * GRID_TILE_HEIGHT / image.height)),
+                                          GRID_TILE_HEIGHT), Image.Resampling.LANCZOS) for image in images]  # fmt: skip
+    sheet = Image.new("RGB", (sum(tile.width for tile in tiles) + 4 * (len(tiles) - 1), GRID_TILE_HEIGHT), "white")
+    left = 0
+    for tile in tiles:
+        sheet.paste(tile, (left, 0))
+        left += tile.width + 4
+    return sheet
+
+
+def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> None:
+    """Colorizes one file into ``args.out``; raises ImageLoadError / FileExistsError for this input."""
+    targets = [args.out / f"{name}_color_{index:02d}.png" for index in range(1, args.n + 1)]
+    if args.temperature == 0:
+        targets = targets[:1]
+    targets += [args.out / f"{name}_grid.png"] + ([args.out / f"{name}_interpolation.png"] if args.interpolate else [])
+    existing = [target for target in targets if target.exists()]
+    if existing and not args.overwrite:
+        raise FileExistsError(f"'{existing[0]}' already exists (use --overwrite to replace it)")
+    rgb, alpha = load_rgb_and_alpha(path)
+    if alpha is not None:
+        rgb.putalpha(alpha)
+    generator = torch.Generator(args.device).manual_seed(args.seed) if args.seed is not None else None
+    result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side)
+    for image, target in zip(result.images, targets, strict=False):
+        image.save(target)
+    gray = rgb.convert("LA").convert("RGBA") if alpha is not None else rgb.convert("L")
+    grid([gray, *result.images]).save(args.out / f"{name}_grid.png")
+    if args.interpolate:
+        frames = model.interpolate(rgb, args.interpolate, args.temperature or DEFAULT_TEMPERATURE, generator,
+                                   args.working_side)  # fmt: skip
+        grid(frames).save(args.out / f"{name}_interpolation.png")
+    if args.likelihood:
+        bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
+        original = f"; original colours {result.original_bits_per_dim:.3f}" if result.original_bits_per_dim else ""
+        tqdm.write(f"{path}: bits/dim of samples {bits}{original}")
+
+
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    model = Colorizer.from_pretrained(args.model, device=device)
+    args.out.mkdir(parents=True, exist_ok=True)
+    paths = expand_inputs(args.inputs)
+    failures = 0
+    for path, name in tqdm(list(zip(paths, unique_names(paths), strict=True)), unit="photo", disable=len(paths) < 2):
+        try:
+            colorize_one(model, path, name, args)
+        except (ImageLoadError, FileExistsError, OSError) as error:
+            failures += 1
+            tqdm.write(f"error: {path}: {error}", file=sys.stderr)
+    done = len(paths) - failures
+    print(f"colorized {done} of {len(paths)} photo(s) into {args.out}/", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
