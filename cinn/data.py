@@ -48,6 +48,8 @@ class DatasetConfig:
         min_colourfulness: photos below this Hasler-Suesstrunk colourfulness are skipped as grey.
         crop_scale: area fractions of RandomResizedCrop in training.
         reduced_decoding: decode JPEGs at 1/2-1/8 scale when that still covers the output size.
+        cache_images: keep every decoded photo in memory (per worker process), for small photo
+            sets such as the kit, where decoding would otherwise take the CPU from the model.
     """
 
     lightness_size: int = 64
@@ -56,6 +58,7 @@ class DatasetConfig:
     min_colourfulness: float = DEFAULT_GRAYSCALE_THRESHOLD
     crop_scale: tuple[float, float] = (0.3, 1.0)
     reduced_decoding: bool = True
+    cache_images: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "crop_scale", tuple(float(value) for value in self.crop_scale))
@@ -106,6 +109,7 @@ class ColorizationDataset(torch.utils.data.Dataset):
         self.config = config if config is not None else DatasetConfig()
         # Shared memory survives the fork into DataLoader workers, so every worker sees each verdict.
         self._status = torch.zeros(len(self._paths), dtype=torch.uint8).share_memory_()
+        self._cache: dict[int, Image.Image] = {}  # filled only with config.cache_images
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -119,9 +123,12 @@ class ColorizationDataset(torch.utils.data.Dataset):
         if self._status[index] == _SKIPPED:
             return None
         try:
-            image = load_rgb(path, min_side=self._decode_side())
+            image = self._cache.get(index) or load_rgb(path, min_side=self._decode_side())
         except ImageLoadError as error:
             return self._skip(index, error.reason)
+        if self.config.cache_images and index not in self._cache:
+            image = self._shrink_for_cache(image)
+            self._cache[index] = image
         if self._status[index] == _UNSEEN:
             if is_grayscale_photo(_thumbnail(image), self.config.min_colourfulness):
                 return self._skip(index, f"colourfulness below {self.config.min_colourfulness:g}, a greyscale photo")
@@ -140,6 +147,15 @@ class ColorizationDataset(torch.utils.data.Dataset):
             self._status[index] = _SKIPPED
             warnings.warn(f"Skipping photo '{self.path(index)}': {reason}.", UserWarning, stacklevel=2)
         return None
+
+    def _shrink_for_cache(self, image: Image.Image) -> Image.Image:
+        """The photo at the smallest size no crop will need upsampling from: cheaper to keep and to crop."""
+        side = self._decode_side()
+        if side is None or min(image.size) <= side:
+            return image
+        scale = side / min(image.size)
+        size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
     def _decode_side(self) -> int | None:
         """Smallest short side a JPEG may be decoded at without the crop ever needing upsampling.

@@ -47,6 +47,7 @@ class DataConfig:
         min_colourfulness: photos less colourful than this are skipped as grayscale.
         crop_scale: area range of the random resized crop in training.
         reduced_decoding: decode JPEGs at reduced size when that still covers the output.
+        cache_images: keep decoded photos in memory (small photo sets only, e.g. the kit).
         val_fraction: share of the photos held out for validation when no list is given.
         num_workers: DataLoader worker processes.
     """
@@ -55,6 +56,7 @@ class DataConfig:
     min_colourfulness: float = 5.0
     crop_scale: tuple[float, ...] = (0.3, 1.0)
     reduced_decoding: bool = True
+    cache_images: bool = False
     val_fraction: float = 0.1
     num_workers: int = 2
 
@@ -66,6 +68,7 @@ class DataConfig:
             min_colourfulness=self.min_colourfulness,
             crop_scale=self.crop_scale,
             reduced_decoding=self.reduced_decoding,
+            cache_images=self.cache_images,
         )
 
 

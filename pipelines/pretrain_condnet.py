@@ -33,6 +33,7 @@ from cinn.training import (
     resolve_device,
     rng_state,
     set_rng_state,
+    stop_signals_interrupt,
     training_loader,
     validation_loader,
 )
@@ -131,36 +132,38 @@ def main(argv: list[str] | None = None) -> int:
     writer = SummaryWriter(args.out / "tensorboard")
     bar = tqdm(total=settings.steps, initial=step, dynamic_ncols=True)
     clock = time.perf_counter()
-    try:
-        while step < settings.steps:
-            batch = next(batches)
-            if not batch["path"]:
-                continue
-            loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            bar.update(1)
-            if step % settings.log_every == 0:
-                rate = settings.log_every * settings.batch_size / (time.perf_counter() - clock)
-                clock = time.perf_counter()
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
-                writer.add_scalar("train/loss", loss.item(), step)
-            if step % settings.val_every == 0 or step == settings.steps:
-                metrics = validate(model, val_loader, device)
-                for name, value in metrics.items():
-                    writer.add_scalar(name, value, step)
-                tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-            if step % settings.checkpoint_every == 0 or step == settings.steps:
-                save()
-    except KeyboardInterrupt:
-        save()
-        print(f"\ninterrupted at step {step}; saved. Continue with --resume --out {args.out}", file=sys.stderr)
-        return 130
-    finally:
-        bar.close()
-        writer.close()
+    with stop_signals_interrupt():
+        try:
+            while step < settings.steps:
+                batch = next(batches)
+                if not batch["path"]:
+                    continue
+                loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                if step % settings.log_every == 0:
+                    rate = settings.log_every * settings.batch_size / (time.perf_counter() - clock)
+                    clock = time.perf_counter()
+                    bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+                    writer.add_scalar("train/loss", loss.item(), step)
+                if step % settings.val_every == 0 or step == settings.steps:
+                    metrics = validate(model, val_loader, device)
+                    for name, value in metrics.items():
+                        writer.add_scalar(name, value, step)
+                    tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+                if step % settings.checkpoint_every == 0 or step == settings.steps:
+                    save()
+        except KeyboardInterrupt:
+            save()
+            print(f"\ninterrupted at step {step}; saved. Continue with --resume --out {args.out}", file=sys.stderr)
+            return 130
+        finally:
+            bar.close()
+            writer.close()
+
     export(model, args.out, settings.head_hidden_channels)
     print(f"backbone written to {args.out / 'backbone.safetensors'}")
     return 0

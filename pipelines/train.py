@@ -41,6 +41,7 @@ from cinn.training import (
     load_checkpoint,
     rng_state,
     set_rng_state,
+    stop_signals_interrupt,
     training_loader,
     validation_loader,
     warmup_cosine,
@@ -286,28 +287,29 @@ def main(argv: list[str] | None = None) -> int:
 
     reporter = Reporter(args.out, recipe, progress, val_loader, device) if group.is_main else None
     frozen = None
-    try:
-        while progress.step < train.steps:
-            if conditioning_frozen(recipe, progress.step) != frozen:
-                frozen = conditioning_frozen(recipe, progress.step)
-                trained = wrap(model, frozen, group, device)
-                forward = torch.compile(trained) if train.compile else trained
-            lightness, ab = next_batch(batches, progress, device)
-            loss, grad_norm = optimisation_step(forward, model, optimizer, lightness, ab, recipe, progress)
-            scheduler.step()
-            progress.step += 1
+    with stop_signals_interrupt():
+        try:
+            while progress.step < train.steps:
+                if conditioning_frozen(recipe, progress.step) != frozen:
+                    frozen = conditioning_frozen(recipe, progress.step)
+                    trained = wrap(model, frozen, group, device)
+                    forward = torch.compile(trained) if train.compile else trained
+                lightness, ab = next_batch(batches, progress, device)
+                loss, grad_norm = optimisation_step(forward, model, optimizer, lightness, ab, recipe, progress)
+                scheduler.step()
+                progress.step += 1
+                if reporter:
+                    images = lightness.shape[0] * group.world_size
+                    reporter.after_step(model, optimizer, scheduler, progress, loss, grad_norm, images)
+        except KeyboardInterrupt:
+            if group.is_main:
+                save_checkpoint(args.out / LAST, model, optimizer, scheduler, progress, recipe)
+                print(f"\ninterrupted at step {progress.step}; saved. Continue with: "
+                      f"python pipelines/train.py --out {args.out} --resume", file=sys.stderr)  # fmt: skip
+            return 130
+        finally:
             if reporter:
-                images = lightness.shape[0] * group.world_size
-                reporter.after_step(model, optimizer, scheduler, progress, loss, grad_norm, images)
-    except KeyboardInterrupt:
-        if group.is_main:
-            save_checkpoint(args.out / LAST, model, optimizer, scheduler, progress, recipe)
-            print(f"\ninterrupted at step {progress.step}; saved. Continue with: "
-                  f"python pipelines/train.py --out {args.out} --resume", file=sys.stderr)  # fmt: skip
-        return 130
-    finally:
-        if reporter:
-            reporter.close()
+                reporter.close()
 
     if group.world_size > 1:
         check_ranks_in_sync(model)
