@@ -5,12 +5,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import kornia.color
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from cinn.color import normalize_ab, normalize_lightness, normalized_lab_to_rgb, rgb_to_lab
+from cinn.color import (
+    denormalize_ab,
+    denormalize_lightness,
+    lab_to_rgb,
+    normalize_ab,
+    normalize_lightness,
+    rgb_to_lab,
+)
 from cinn.images import colourfulness, is_grayscale_photo, rgb_and_alpha
 from cinn.upsample import guided_upsample
 
@@ -77,12 +85,34 @@ def prepare_photo(image: Image.Image, short_side: int, multiple: int, device: to
     return full_lightness, normalize_lightness(small_lab[:, :1]), normalize_ab(small_lab[:, 1:]), alpha, has_colour
 
 
+def in_srgb_gamut(lab: torch.Tensor, tolerance: float = 1e-4) -> torch.Tensor:
+    """Lab (3, ...) -> bool (...): whether each colour is inside the sRGB cube."""
+    rgb = kornia.color.lab_to_rgb(lab, clip=False)
+    return ((rgb >= -tolerance) & (rgb <= 1 + tolerance)).all(dim=0)
+
+
+def fit_to_gamut(lab: torch.Tensor, steps: int = 8) -> torch.Tensor:
+    """Lab (B, 3, H, W) -> the same, each out-of-gamut colour's (a, b) scaled towards grey (bisection)
+    until it fits sRGB. Clipping RGB instead would change the lightness, which must stay the photo's."""
+    pixels = lab.transpose(0, 1).reshape(3, -1, 1).clone()
+    outside = ~in_srgb_gamut(pixels)[:, 0]
+    colours = pixels[:, outside]
+    low, high = colours.new_zeros(1, colours.shape[1], 1), colours.new_ones(1, colours.shape[1], 1)
+    for _ in range(steps if colours.numel() else 0):  # grey (scale 0) is always inside
+        middle = (low + high) / 2
+        inside = in_srgb_gamut(torch.cat([colours[:1], colours[1:] * middle]))[None]
+        low, high = torch.where(inside, middle, low), torch.where(inside, high, middle)
+    pixels[1:, outside] = colours[1:] * low
+    return pixels.reshape(3, lab.shape[0], *lab.shape[2:]).transpose(0, 1)
+
+
 def recombine(ab: torch.Tensor, full_lightness: torch.Tensor, alpha: Image.Image | None) -> list[Image.Image]:
     """Samples ab (N, 2, h, w) + the photo's own lightness (1, 1, H, W) -> N full-size PIL images."""
     images = []
     for sample in ab:  # one at a time: a full-size Lab stack of many samples would not fit in memory
         full_ab = guided_upsample(sample[None], full_lightness)
-        images.append(to_pil(normalized_lab_to_rgb(full_lightness, full_ab)[0], alpha))
+        lab = torch.cat([denormalize_lightness(full_lightness), denormalize_ab(full_ab)], dim=1)
+        images.append(to_pil(lab_to_rgb(fit_to_gamut(lab))[0], alpha))
     return images
 
 

@@ -108,6 +108,12 @@ def grid(images: list[Image.Image]) -> Image.Image:
     return sheet
 
 
+def with_alpha(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
+    if alpha is not None:
+        image.putalpha(alpha)
+    return image
+
+
 def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> None:
     """Colorizes one file into ``args.out``; raises ImageLoadError / FileExistsError for this input."""
     targets = [args.out / f"{name}_color_{index:02d}.png" for index in range(1, args.n + 1)]
@@ -117,22 +123,22 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
     existing = [target for target in targets if target.exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"'{existing[0]}' already exists (use --overwrite to replace it)")
+    # The model sees ``rgb`` (already composited over white) and alpha is put back on the results:
+    # handing it an RGBA image would composite semi-transparent pixels a second time.
     rgb, alpha = load_rgb_and_alpha(path)
-    if alpha is not None:
-        rgb.putalpha(alpha)
     generator = torch.Generator(args.device).manual_seed(args.seed) if args.seed is not None else None
     result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side)
     for image, target in zip(result.images, targets, strict=False):
-        image.save(target)
-    gray = rgb.convert("LA").convert("RGBA") if alpha is not None else rgb.convert("L")
-    grid([gray, *result.images]).save(args.out / f"{name}_grid.png")
+        with_alpha(image, alpha).save(target)
+    grid([rgb.convert("L"), *result.images]).save(args.out / f"{name}_grid.png")
     if args.interpolate:
         frames = model.interpolate(rgb, args.interpolate, args.temperature or DEFAULT_TEMPERATURE, generator,
                                    args.working_side)  # fmt: skip
         grid(frames).save(args.out / f"{name}_interpolation.png")
     if args.likelihood:
         bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
-        original = f"; original colours {result.original_bits_per_dim:.3f}" if result.original_bits_per_dim else ""
+        original = result.original_bits_per_dim
+        original = f"; original colours {original:.3f}" if original is not None else ""
         tqdm.write(f"{path}: bits/dim of samples {bits}{original}")
 
 

@@ -62,6 +62,7 @@ class Progress:
 
     step: int = 0
     best_val_bits_per_dim: float = math.inf
+    last_val_bits_per_dim: float = math.inf
     skipped_steps: int = 0
     consecutive_bad_steps: int = 0
     skipped_photos: int = 0
@@ -161,7 +162,8 @@ def model_card(recipe: Recipe, progress: Progress, data: str, train_count: int, 
         f"ab {recipe.model.ab_size}px, flow levels {list(recipe.model.flow.steps_per_level)}\n"
         f"- trained on: `{data}` ({train_count} training photos, {val_count} validation photos)\n"
         f"- steps: {progress.step} at batch size {recipe.train.batch_size}\n"
-        f"- validation NLL: {progress.best_val_bits_per_dim:.4f} bits/dim (best), of normalised ab\n"
+        f"- validation NLL of normalised ab: {progress.last_val_bits_per_dim:.4f} bits/dim at the last step "
+        f"(these weights), best {progress.best_val_bits_per_dim:.4f} (checkpoints/best.pt)\n"
         f"- skipped steps (non-finite): {progress.skipped_steps}\n"
     )
 
@@ -232,6 +234,7 @@ class Reporter:
         if self.due(train.val_every, step):
             val_bpd = validate(model, self.val_loader, train.val_batches, self.device)
             self.log(step, {"val/bits_per_dim": val_bpd})
+            progress.last_val_bits_per_dim = val_bpd
             if val_bpd < progress.best_val_bits_per_dim:
                 progress.best_val_bits_per_dim = val_bpd
                 save_checkpoint(self.out / BEST, model, optimizer, scheduler, progress, self.recipe)

@@ -24,3 +24,15 @@ def make_photos(folder: Path, count: int, size: tuple[int, int] = (40, 32), seed
 @pytest.fixture(scope="session")
 def photo_folder(tmp_path_factory) -> Path:
     return make_photos(tmp_path_factory.mktemp("photos"), 12)
+
+
+@pytest.fixture(scope="session")
+def debug_release(tmp_path_factory, photo_folder) -> Path:
+    """A model release after two debug training steps: barely trained, but complete and seconds to build."""
+    import pipelines.train as train_pipeline
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
+    run = tmp_path_factory.mktemp("debug_run") / "run"
+    argv = ["--config", str(config), "--data", str(photo_folder), "--out", str(run), "--set", "train.steps=2"]
+    assert train_pipeline.main(argv) == 0
+    return run / "release"

@@ -1,0 +1,263 @@
+"""The colorize program end to end: every kind of photo, bad inputs, overwriting, seeds, options."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage.color import rgb2lab
+
+import pipelines.colorize as colorize_pipeline
+from cinn.colorizer import Colorizer
+
+WIDTH, HEIGHT = 203, 141  # odd on purpose: not multiples of any stride
+TILE_WIDTH = round(WIDTH * colorize_pipeline.GRID_TILE_HEIGHT / HEIGHT)
+EXIF_ORIENTATION = 0x0112
+
+
+def run(release: Path, *args: str | Path) -> int:
+    return colorize_pipeline.main([*map(str, args), "--model", str(release)])
+
+
+def base_rgb(width: int = WIDTH, height: int = HEIGHT, seed: int = 0) -> np.ndarray:
+    """(height, width, 3) uint8: a colour gradient, a bright square and noise, so L varies everywhere."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[0:height, 0:width]
+    image = np.stack([cols / width * 200, rows / height * 160, 120 + 0 * rows], axis=-1)
+    image[height // 4 : height // 2, width // 3 : width // 2] = (240, 230, 40)
+    return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+
+
+def lightness(rgb: np.ndarray | Image.Image) -> np.ndarray:
+    """CIE L of 8-bit sRGB, by scikit-image (an independent reference)."""
+    rgb = np.asarray(rgb.convert("RGB")) if isinstance(rgb, Image.Image) else rgb
+    return rgb2lab(rgb)[..., 0]
+
+
+def chroma(image: Image.Image) -> float:
+    return float(np.abs(rgb2lab(np.asarray(image.convert("RGB")))[..., 1:]).mean())
+
+
+def save_photo(path: Path, seed: int = 0, width: int = WIDTH, height: int = HEIGHT) -> np.ndarray:
+    rgb = base_rgb(width, height, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path)
+    return rgb
+
+
+def make_kind(kind: str, folder: Path) -> tuple[Path, np.ndarray, np.ndarray | None]:
+    """Writes one photo of ``kind``; returns its path, the RGB a viewer shows, and its alpha (or None)."""
+    rgb = base_rgb()
+    gray = rgb.mean(axis=-1).round().astype(np.uint8)
+    if kind == "gray_l":
+        Image.fromarray(gray, mode="L").save(path := folder / "gray_l.png")
+        return path, np.repeat(gray[..., None], 3, axis=-1), None
+    if kind == "gray_16bit":
+        deep = (gray.astype(np.uint32) * 257 + np.random.default_rng(1).integers(0, 257, gray.shape)).astype(np.uint16)
+        Image.fromarray(deep).save(path := folder / "gray_16bit.png")
+        assert Image.open(path).mode.startswith("I")  # really stored with 16 bits
+        shown = np.round(deep / 65535 * 255).astype(np.uint8)
+        return path, np.repeat(shown[..., None], 3, axis=-1), None
+    if kind == "palette":
+        Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=24).save(path := folder / "pal.png")
+        return path, np.asarray(Image.open(path).convert("RGB")), None
+    if kind == "rgba":
+        alpha = np.full((HEIGHT, WIDTH), 255, np.uint8)
+        alpha[:, :60] = 0  # transparent: shown as white
+        alpha[:, 60:90] = 128  # half transparent: composited over white once
+        Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA").save(path := folder / "rgba.png")
+        weight = alpha[..., None] / 255.0
+        return path, np.round(rgb * weight + 255 * (1 - weight)).astype(np.uint8), alpha
+    if kind == "cmyk_jpeg":
+        Image.fromarray(rgb).convert("CMYK").save(path := folder / "cmyk.jpg", quality=95)
+        assert Image.open(path).mode == "CMYK"
+        return path, np.asarray(Image.open(path).convert("RGB")), None
+    if kind == "exif_rotated_jpeg":
+        # Stored sideways (HEIGHT wide) with orientation 6: a viewer turns it 90 degrees clockwise.
+        stored = Image.fromarray(np.ascontiguousarray(np.rot90(rgb)))
+        exif = Image.Exif()
+        exif[EXIF_ORIENTATION] = 6
+        stored.save(path := folder / "rotated.jpg", quality=95, exif=exif.tobytes())
+        decoded = np.asarray(Image.open(path).convert("RGB"))
+        assert decoded.shape[:2] == (WIDTH, HEIGHT)
+        return path, np.ascontiguousarray(np.rot90(decoded, k=-1)), None
+    assert kind == "colour_jpeg"
+    Image.fromarray(rgb).save(path := folder / "colour.jpg", quality=90)
+    return path, np.asarray(Image.open(path).convert("RGB")), None
+
+
+KINDS = ["gray_l", "gray_16bit", "palette", "rgba", "cmyk_jpeg", "exif_rotated_jpeg", "colour_jpeg"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_of_photo_keeps_its_size_lightness_and_alpha(kind, tmp_path, debug_release):
+    path, shown, alpha = make_kind(kind, tmp_path)
+    assert run(debug_release, path, "--n", "2", "--seed", "0", "--out", tmp_path / "out") == 0
+    for index in (1, 2):
+        output = Image.open(tmp_path / "out" / f"{path.stem}_color_{index:02d}.png")
+        assert output.size == (WIDTH, HEIGHT)
+        # The model only chooses a and b; L is the photo's own, up to 8-bit rounding of the result.
+        error = np.abs(lightness(output) - lightness(shown))
+        assert error.mean() < 0.5 and error.max() < 1.0, (error.mean(), error.max())
+        assert chroma(output) > 2.0  # it did add colour
+        if alpha is None:
+            assert output.mode == "RGB"
+        else:
+            assert output.mode == "RGBA"
+            np.testing.assert_array_equal(np.asarray(output.getchannel("A")), alpha)
+    grid = Image.open(tmp_path / "out" / f"{path.stem}_grid.png")
+    assert grid.size == (3 * TILE_WIDTH + 2 * 4, colorize_pipeline.GRID_TILE_HEIGHT)
+
+
+def test_bad_inputs_are_named_and_the_good_ones_still_written(tmp_path, debug_release, capsys):
+    save_photo(tmp_path / "good_1.png", seed=1)
+    save_photo(tmp_path / "good_2.jpg", seed=2)
+    Image.fromarray(base_rgb()).save(tmp_path / "whole.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "whole.png").read_bytes()[:2000])
+    Image.fromarray(base_rgb()).save(tmp_path / "whole.jpg")
+    (tmp_path / "truncated.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:1500])
+    (tmp_path / "text.jpg").write_text("not a photo\n")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    bad = ["missing.jpg", "truncated.png", "truncated.jpg", "text.jpg", "empty.jpg"]
+    inputs = ["good_1.png", *bad[:3], "good_2.jpg", *bad[3:]]
+    code = run(debug_release, *(tmp_path / name for name in inputs), "--n", "1", "--out", tmp_path / "out")
+    assert code == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == len(bad), errors
+    for name, line in zip(bad, errors, strict=True):
+        assert str(tmp_path / name) in line
+    written = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert written == ["good_1_color_01.png", "good_1_grid.png", "good_2_color_01.png", "good_2_grid.png"]
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_existing_outputs_are_kept_unless_overwrite(tmp_path, debug_release, capsys):
+    photo, other, out = tmp_path / "photo.png", tmp_path / "other.png", tmp_path / "out"
+    save_photo(photo, seed=1)
+    save_photo(other, seed=2)
+    assert run(debug_release, photo, "--n", "2", "--seed", "1", "--out", out) == 0
+    before = snapshot(out)
+    capsys.readouterr()
+
+    assert run(debug_release, photo, other, "--n", "2", "--seed", "2", "--out", out) == 1
+    error = capsys.readouterr().err
+    assert f"error: {photo}:" in error and "already exists" in error and "--overwrite" in error
+    after = snapshot(out)
+    assert {name: after[name] for name in before} == before  # byte-identical
+    assert "other_color_01.png" in after  # the run went on with the next photo
+
+    assert run(debug_release, photo, "--n", "2", "--seed", "2", "--out", out, "--overwrite") == 0
+    assert snapshot(out)["photo_color_01.png"] != before["photo_color_01.png"]
+
+
+def test_a_seed_reproduces_the_outputs_byte_for_byte(tmp_path, debug_release):
+    photo = tmp_path / "photo.png"
+    save_photo(photo)
+    for folder, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        args = ["--n", "2", "--interpolate", "3", "--seed", seed, "--out", tmp_path / folder]
+        assert run(debug_release, photo, *args) == 0
+    first, second, other = (snapshot(tmp_path / folder) for folder in "abc")
+    assert len(first) == 4 and first == second
+    for name in ("photo_color_01.png", "photo_color_02.png", "photo_interpolation.png"):
+        assert first[name] != other[name], name
+
+
+def test_temperature_zero_gives_one_deterministic_colorization(tmp_path, debug_release):
+    photo = tmp_path / "photo.png"
+    save_photo(photo)
+    for folder in "ab":  # no --seed: temperature 0 must not need one
+        assert run(debug_release, photo, "--n", "4", "--temperature", "0", "--out", tmp_path / folder) == 0
+    first, second = snapshot(tmp_path / "a"), snapshot(tmp_path / "b")
+    assert sorted(first) == ["photo_color_01.png", "photo_grid.png"]
+    assert first == second
+    grid = Image.open(tmp_path / "a" / "photo_grid.png")
+    assert grid.width == 2 * TILE_WIDTH + 4  # the gray photo and one colorization
+
+
+def test_samples_differ_from_each_other(tmp_path, debug_release):
+    photo = tmp_path / "photo.png"
+    save_photo(photo)
+    assert run(debug_release, photo, "--n", "3", "--out", tmp_path / "out") == 0
+    samples = [
+        rgb2lab(np.asarray(Image.open(tmp_path / "out" / f"photo_color_{i:02d}.png")))[..., 1:] for i in (1, 2, 3)
+    ]
+    for first in range(3):
+        for second in range(first + 1, 3):
+            assert np.abs(samples[first] - samples[second]).mean() > 1.0  # Lab units of a and b
+
+
+def test_folders_and_globs_expand(tmp_path, debug_release):
+    save_photo(tmp_path / "album" / "a.png", seed=1)
+    save_photo(tmp_path / "album" / "nested" / "b.JPG", seed=2)
+    (tmp_path / "album" / "notes.txt").write_text("not a photo")
+    save_photo(tmp_path / "loose" / "c.png", seed=3)
+    save_photo(tmp_path / "loose" / "d.jpg", seed=4)
+    inputs = [tmp_path / "album", f"{tmp_path}/loose/*.png"]
+    assert run(debug_release, *inputs, "--n", "1", "--temperature", "0", "--out", tmp_path / "out") == 0
+    written = sorted(path.name for path in (tmp_path / "out").glob("*_color_01.png"))
+    assert written == ["a_color_01.png", "b_color_01.png", "c_color_01.png"]
+
+
+def test_same_stem_in_two_folders_gives_two_results(tmp_path, debug_release):
+    first = save_photo(tmp_path / "x" / "photo.png", seed=1)
+    second = save_photo(tmp_path / "y" / "photo.png", seed=2, width=97, height=131)
+    inputs = [tmp_path / "x" / "photo.png", tmp_path / "y" / "photo.png"]
+    assert run(debug_release, *inputs, "--n", "1", "--temperature", "0", "--out", tmp_path / "out") == 0
+    for name, source in (("photo", first), ("photo_2", second)):
+        output = Image.open(tmp_path / "out" / f"{name}_color_01.png")
+        assert output.size == (source.shape[1], source.shape[0])
+        assert np.abs(lightness(output) - lightness(source)).mean() < 0.5  # its own photo's colorization
+
+
+def test_interpolate_writes_a_strip_of_different_frames(tmp_path, debug_release):
+    photo = tmp_path / "photo.png"
+    save_photo(photo)
+    assert run(debug_release, photo, "--n", "1", "--interpolate", "4", "--seed", "0", "--out", tmp_path / "out") == 0
+    strip = Image.open(tmp_path / "out" / "photo_interpolation.png")
+    assert strip.size == (4 * TILE_WIDTH + 3 * 4, colorize_pipeline.GRID_TILE_HEIGHT)
+    tiles = [np.asarray(strip.crop((i * (TILE_WIDTH + 4), 0, i * (TILE_WIDTH + 4) + TILE_WIDTH, 256))) for i in (0, 3)]
+    ends = [rgb2lab(tile)[..., 1:] for tile in tiles]
+    assert np.abs(ends[0] - ends[1]).mean() > 1.0
+
+
+def test_likelihood_prints_the_bits_per_dim_of_each_sample(tmp_path, debug_release, capsys):
+    colour, gray = tmp_path / "colour.png", tmp_path / "gray.png"
+    save_photo(colour)
+    Image.fromarray(base_rgb()).convert("L").save(gray)
+    assert run(debug_release, colour, gray, "--n", "3", "--seed", "4", "--likelihood", "--out", tmp_path / "o") == 0
+    lines = capsys.readouterr().out.splitlines()
+    colour_line = next(line for line in lines if line.startswith(f"{colour}: bits/dim"))
+    gray_line = next(line for line in lines if line.startswith(f"{gray}: bits/dim"))
+    numbers = [float(value) for value in re.findall(r"-?\d+\.\d+", colour_line.split(":", 1)[1])]
+    # The same numbers from the Python API, with the same seed.
+    model = Colorizer.from_pretrained(debug_release)
+    result = model.colorize_photo(Image.open(colour), 3, 0.7, torch.Generator().manual_seed(4))
+    assert result.original_bits_per_dim is not None and "original colours" in colour_line
+    np.testing.assert_allclose(numbers, [*result.bits_per_dim, result.original_bits_per_dim], atol=6e-4)
+    assert "original colours" not in gray_line  # a gray photo has no colours of its own to score
+    assert len(re.findall(r"-?\d+\.\d+", gray_line.split(":", 1)[1])) == 3
+
+
+def test_help_has_an_example(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        colorize_pipeline.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "Examples:" in text and "python pipelines/colorize.py photo.jpg" in text
+    for option in ("--n", "--temperature", "--seed", "--overwrite", "--interpolate", "--likelihood", "--out"):
+        assert option in text
+
+
+@pytest.mark.parametrize("bad", [["--n", "0"], ["--temperature", "-1"], ["--interpolate", "1"]])
+def test_impossible_options_are_refused(bad, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        colorize_pipeline.main(["photo.jpg", *bad])
+    assert exit_info.value.code == 2
+    assert "must be" in capsys.readouterr().err

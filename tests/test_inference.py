@@ -1,0 +1,138 @@
+"""Inference library: guided upsampling, working size, gamut fitting, latent paths, likelihoods, releases."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import kornia.color
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage.color import rgb2lab
+
+from cinn.color import lab_to_rgb
+from cinn.colorizer import Colorizer
+from cinn.inference import fit_to_gamut, interpolate_latents, working_size
+from cinn.upsample import guided_upsample
+
+
+def transition_width(row: torch.Tensor) -> int:
+    """Pixels of a monotone step profile strictly between 10% and 90% of the way from one level to the other."""
+    start, end = row[0], row[-1]
+    progress = (row - start) / (end - start)
+    return int(((progress > 0.1) & (progress < 0.9)).sum())
+
+
+def test_guided_upsample_has_the_guide_size_and_keeps_constants():
+    generator = torch.Generator().manual_seed(0)
+    lightness = torch.rand(2, 1, 141, 203, generator=generator) * 2 - 1  # textured guide, odd size
+    ab = torch.tensor([0.3, -0.4]).view(1, 2, 1, 1).expand(2, 2, 18, 25)
+    upsampled = guided_upsample(ab, lightness)
+    assert upsampled.shape == (2, 2, 141, 203)
+    torch.testing.assert_close(upsampled, ab[:, :, :1, :1].expand(2, 2, 141, 203), atol=1e-5, rtol=0)
+
+
+def test_guided_upsample_is_the_identity_at_equal_sizes():
+    ab, lightness = torch.randn(1, 2, 17, 23), torch.randn(1, 1, 17, 23)
+    assert torch.equal(guided_upsample(ab, lightness), ab)
+
+
+def test_guided_upsample_puts_colour_edges_on_lightness_edges():
+    # Full resolution 8 x 64 with a lightness step between columns 37 and 38 (inside a low-res pixel);
+    # ab has the same step, and the model only sees it area-averaged to 2 x 16.
+    edge = 38
+    lightness = torch.full((1, 1, 8, 64), -0.8)
+    lightness[..., edge:] = 0.6
+    ab_full = torch.empty(1, 2, 8, 64)
+    ab_full[:, :, :, :edge] = torch.tensor([0.3, -0.1]).view(1, 2, 1, 1)
+    ab_full[:, :, :, edge:] = torch.tensor([-0.2, 0.4]).view(1, 2, 1, 1)
+    ab_small = F.interpolate(ab_full, size=(2, 16), mode="area")
+    guided = guided_upsample(ab_small, lightness)
+    bilinear = F.interpolate(ab_small, size=(8, 64), mode="bilinear", align_corners=False)
+    for channel in range(2):
+        guided_row, bilinear_row = guided[0, channel, 4], bilinear[0, channel, 4]
+        assert int(guided_row.diff().abs().argmax()) == edge - 1  # the colour jumps where L jumps
+        assert transition_width(guided_row) <= 1 < 3 <= transition_width(bilinear_row)
+        # Far from the edge the colour is the true one.
+        torch.testing.assert_close(guided_row[[0, -1]], ab_full[0, channel, 4, [0, -1]], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "height, width, short_side, multiple",
+    [(141, 203, 16, 8), (203, 141, 16, 8), (480, 640, 256, 16), (3000, 4000, 256, 16), (10, 3000, 64, 8)],
+)
+def test_working_size_keeps_the_aspect_ratio_in_multiples(height, width, short_side, multiple):
+    size = working_size(height, width, short_side, multiple)
+    scale = short_side / min(height, width)
+    assert all(side % multiple == 0 and side >= multiple for side in size)
+    for side, original in zip(size, (height, width), strict=True):
+        assert abs(side - original * scale) <= multiple / 2  # the nearest multiple to the exact size
+    assert min(size) == short_side  # all these short sides are multiples already
+    # The aspect ratio is off by at most the rounding of each side.
+    tolerance = (multiple / 2) / min(size) + (multiple / 2) / max(size)
+    assert abs(math.log((size[0] / size[1]) / (height / width))) <= tolerance + 1e-9
+
+
+def test_fit_to_gamut_keeps_lightness_and_hue_and_leaves_gamut_colours_alone():
+    generator = torch.Generator().manual_seed(0)
+    lightness = torch.rand(1, 1, 32, 32, generator=generator) * 100
+    lab = torch.cat([lightness, torch.randn(1, 2, 32, 32, generator=generator) * 60], dim=1)
+    lab[:, 1:, :8] *= 0.02  # near-grey rows of mid lightness: inside the gamut
+    lab[:, 0, :8] = lab[:, 0, :8] * 0.8 + 10
+    raw = kornia.color.lab_to_rgb(lab, clip=False)[0]
+    inside = ((raw >= 0) & (raw <= 1)).all(dim=0)
+    assert inside[:8].all() and not inside.all()
+    fitted = fit_to_gamut(lab)
+    torch.testing.assert_close(fitted[0][:, inside], lab[0][:, inside], atol=1e-5, rtol=0)
+
+    def lab_shown(lab: torch.Tensor) -> np.ndarray:  # scikit-image's Lab of the displayed colours
+        return rgb2lab(lab_to_rgb(lab)[0].permute(1, 2, 0).double().numpy())
+
+    wanted, shown, outside = lab[0].permute(1, 2, 0).double().numpy(), lab_shown(fitted), ~inside.numpy()
+    assert np.abs(shown[..., 0] - wanted[..., 0]).max() < 0.05
+    assert np.abs(lab_shown(lab)[..., 0] - wanted[..., 0]).max() > 5  # what plain clipping does to L
+    chroma, wanted_chroma = np.hypot(shown[..., 1], shown[..., 2]), np.hypot(wanted[..., 1], wanted[..., 2])
+    assert (chroma[outside] <= wanted_chroma[outside] + 0.05).all()
+    hue_change = np.angle(
+        np.exp(1j * (np.arctan2(shown[..., 2], shown[..., 1]) - np.arctan2(wanted[..., 2], wanted[..., 1])))
+    )
+    assert np.abs(hue_change[outside & (chroma > 5)]).max() < 0.02
+
+
+def test_interpolated_latents_start_and_end_at_the_inputs_and_keep_the_prior():
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(4, 32, 32), (8, 16, 16)]
+    start = [torch.randn(1, *shape, generator=generator) for shape in shapes]
+    end = [torch.randn(1, *shape, generator=generator) for shape in shapes]
+    frames = interpolate_latents(start, end, 7)
+    for level, shape in enumerate(shapes):
+        assert frames[level].shape == (7, *shape)
+        torch.testing.assert_close(frames[level][0], start[level][0], atol=1e-6, rtol=0)
+        torch.testing.assert_close(frames[level][-1], end[level][0], atol=1e-6, rtol=0)
+        stds = frames[level].flatten(1).std(dim=1)
+        assert (stds - 1).abs().max() < 0.05, stds  # a straight line would dip to 0.71 halfway
+        assert not torch.equal(frames[level][2], frames[level][3])
+
+
+@torch.no_grad()
+def test_sample_likelihood_equals_the_nll_of_the_sample(debug_release):
+    model = Colorizer.from_pretrained(debug_release)
+    generator = torch.Generator().manual_seed(0)
+    lightness = torch.rand(2, 1, 16, 24, generator=generator) * 2 - 1
+    ab, bits = model.sample_with_likelihood(lightness, num_samples=3, temperature=0.7, generator=generator)
+    assert ab.shape == (2, 3, 2, 8, 12) and bits.shape == (2, 3)
+    # Independent path: run the returned ab forward through the flow and score it.
+    forward_bits = model.nll(lightness.repeat_interleave(3, dim=0), ab.flatten(0, 1)).view(2, 3)
+    torch.testing.assert_close(bits, forward_bits, atol=1e-4, rtol=0)
+    assert bits.std() > 1e-3  # different samples, different likelihoods: the comparison means something
+
+
+def test_from_pretrained_names_what_is_missing(tmp_path, debug_release):
+    with pytest.raises(FileNotFoundError, match=r"'.*empty' is not a model release: it has no config\.yaml"):
+        Colorizer.from_pretrained(tmp_path / "empty")
+    partial = shutil.copytree(debug_release, tmp_path / "partial")
+    (partial / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=r"it has no model\.safetensors"):
+        Colorizer.from_pretrained(partial)
