@@ -1,0 +1,242 @@
+"""The report of ``pipelines/evaluate.py``: per-image results in, five files out.
+
+``ReportCollector`` takes one ``ImageResult`` per photo as the evaluation goes (keeping only the
+numbers, the contact-sheet tiles of the first photos and, if asked, their Inception features);
+``write_report`` then writes metrics.json, report.md, contact_sheet.png, temperature_plot.png and
+files.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw
+
+from cinn.fid import InceptionFeatures
+from cinn.metrics import frechet_distance, summarize
+
+REPORT_FILES = ("metrics.json", "report.md", "contact_sheet.png", "temperature_plot.png", "files.txt")
+TILE_HEIGHT, CAPTION_HEIGHT, LABEL_WIDTH, GAP = 128, 16, 150, 4
+MAX_SHEET_SAMPLES = 8
+
+# metric -> (table header, definition); errors and diversity in Lab units of ab.
+METRICS = {
+    "best_of_n_rmse_per_image": ("best-of-n (image)", "min over samples of the image's ab RMSE"),
+    "best_of_n_rmse_per_pixel": ("best-of-n (pixel)", "RMSE of the closest sample per pixel and channel"),
+    "best_of_1_rmse": ("best-of-1", "ab RMSE of the first sample"),
+    "mean_of_samples_rmse": ("mean of samples", "ab RMSE of the per-pixel mean of the samples"),
+    "sample_variance": ("variance", "variance of ab over samples (Lab units squared), a + b, mean over pixels"),
+    "pairwise_rmse": ("pairwise RMSE", "mean ab RMSE between two different samples"),
+    "colourfulness": ("colourfulness", "Hasler & Suesstrunk colourfulness, mean over samples"),
+    "histogram_distance": ("histogram distance", "1 - intersection of the 22x22 ab histograms (10-unit bins)"),
+}
+
+
+@dataclass
+class ImageResult:
+    """Everything the evaluation learnt about one photo.
+
+    Attributes:
+        path: the photo file.
+        nll_bits_per_dim: exact NLL of its true ab under the model.
+        truth_colourfulness: colourfulness of the photo itself.
+        scores: row ("model@0.7", "gray", "regression") -> metric -> value.
+        pictures: "truth", "gray", "regression" or a model row -> PIL images (samples) of one size.
+    """
+
+    path: str
+    nll_bits_per_dim: float
+    truth_colourfulness: float
+    scores: dict[str, dict[str, float]]
+    pictures: dict[str, list[Image.Image]]
+
+
+def check_report_directory(out: Path, overwrite: bool) -> None:
+    """Refuses to replace an existing report unless asked to."""
+    existing = [name for name in REPORT_FILES if (out / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"'{out}' already holds a report ({existing[0]}); pass --overwrite to replace it.")
+
+
+def row_name(temperature: float) -> str:
+    """The report's row for the model sampled at ``temperature``, e.g. ``model@0.7``."""
+    return f"model@{temperature:g}"
+
+
+class ReportCollector:
+    """Accumulates per-photo results: numbers, contact-sheet tiles and Inception features.
+
+    Args:
+        sheet_images: how many photos (the first ones) go on the contact sheet.
+        inception: feature extractor for FID, or None to skip FID.
+    """
+
+    def __init__(self, sheet_images: int, inception: InceptionFeatures | None = None):
+        self.sheet_images = sheet_images
+        self.inception = inception
+        self.records: list[dict] = []
+        self.sheet: list[tuple[str, dict[str, list[Image.Image]]]] = []
+        self.features: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def add(self, result: ImageResult) -> None:
+        self.records.append({
+            "path": result.path,
+            "nll_bits_per_dim": result.nll_bits_per_dim,
+            "truth_colourfulness": result.truth_colourfulness,
+            "scores": result.scores,
+        })  # fmt: skip
+        if len(self.sheet) < self.sheet_images:
+            tiles = {
+                key: [tile(image) for image in images[:MAX_SHEET_SAMPLES]] for key, images in result.pictures.items()
+            }
+            self.sheet.append((Path(result.path).name, tiles))
+        if self.inception is not None:  # FID compares the first sample of every photo with the photo
+            keys = list(result.pictures)
+            rgb = torch.stack([TF.pil_to_tensor(result.pictures[key][0].convert("RGB")) for key in keys])
+            for key, feature in zip(keys, self.inception(rgb.float() / 255.0).cpu(), strict=True):
+                self.features[key].append(feature)
+
+    def fid(self) -> dict:
+        """Row -> FID of its first samples against the true photos, or ``{"skipped": reason}``."""
+        if self.inception is None:
+            return {"skipped": "no --inception-weights given"}
+        if len(self.records) < 2:
+            return {"skipped": "FID needs at least 2 photos"}
+        reference = torch.stack(self.features["truth"]).double().numpy()
+        return {
+            key: frechet_distance(torch.stack(features).double().numpy(), reference)
+            for key, features in self.features.items()
+            if key != "truth"
+        }
+
+
+def tile(image: Image.Image) -> Image.Image:
+    """An RGB image scaled to the contact sheet's tile height."""
+    width = max(1, round(image.width * TILE_HEIGHT / image.height))
+    return image.convert("RGB").resize((width, TILE_HEIGHT), Image.Resampling.BICUBIC)
+
+
+def aggregate(records: list[dict], seed: int) -> dict:
+    """Means and 95% bootstrap intervals over photos of every row's metrics, the NLL and the truth's colourfulness."""
+    rows = {
+        row: {metric: summarize([record["scores"][row][metric] for record in records], seed) for metric in values}
+        for row, values in records[0]["scores"].items()
+    }
+    return {
+        "rows": rows,
+        "nll_bits_per_dim": summarize([record["nll_bits_per_dim"] for record in records], seed),
+        "truth_colourfulness": summarize([record["truth_colourfulness"] for record in records], seed),
+    }
+
+
+def format_stats(stats: dict[str, float]) -> str:
+    return f"{stats['mean']:.2f} [{stats['low']:.2f}, {stats['high']:.2f}]"
+
+
+def markdown_report(settings: dict, aggregates: dict, fid: dict) -> str:
+    """report.md: settings, one table row per model temperature and baseline, definitions."""
+    has_fid = "skipped" not in fid
+    headers = ["", *(header for header, _ in METRICS.values()), "NLL (bits/dim)"] + (["FID"] if has_fid else [])
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row, values in aggregates["rows"].items():
+        nll = format_stats(aggregates["nll_bits_per_dim"]) if row.startswith("model@") else "—"
+        cells = [row, *(format_stats(values[metric]) for metric in METRICS), nll]
+        lines.append("| " + " | ".join(cells + ([f"{fid[row]:.2f}"] if has_fid else [])) + " |")
+    truth = ["ground truth"] + ["—"] * (len(METRICS) - 2) + [format_stats(aggregates["truth_colourfulness"]), "—", "—"]
+    lines.append("| " + " | ".join(truth + (["—"] if has_fid else [])) + " |")
+    definitions = [f"- **{header}**: {definition}." for header, definition in METRICS.values()]
+    fid_note = (
+        "first sample per photo against the photos (Inception pool3)" if has_fid else f"skipped, {fid['skipped']}"
+    )
+    return "\n".join([
+        "# Colorization evaluation", "",
+        f"Model `{settings['model']}` on `{settings['data']}`: {settings['num_images']} photo(s) evaluated, "
+        f"{len(settings['skipped'])} skipped (unreadable or without colour); {settings['num_samples']} samples per "
+        f"photo and temperature; resolution: {settings['resolution']}; seed {settings['seed']}.", "",
+        "Each cell: mean over photos [95% percentile-bootstrap interval, 2000 resamples]. Errors and diversity are in "
+        "Lab units of ab; the baselines are one deterministic prediction (n = 1, no diversity). NLL: exact "
+        "negative log-likelihood of the true ab (normalised units) under the model.", "",
+        *lines, "",
+        *definitions,
+        f"- **regression baseline**: {settings['regression_baseline']}.",
+        f"- **FID**: {fid_note}.", "",
+    ])  # fmt: skip
+
+
+def contact_sheet(sheet: list[tuple[str, dict[str, list[Image.Image]]]], model_rows: list[str]) -> Image.Image:
+    """One line per photo and temperature: gray, truth, regression (if any), then the samples."""
+    lines = []
+    for name, tiles in sheet:
+        fixed = [(key, tiles[key][0]) for key in ("gray", "truth", "regression") if key in tiles]
+        for row in model_rows:
+            samples = [(f"sample {index + 1}", image) for index, image in enumerate(tiles[row])]
+            short = name if len(name) <= 24 else name[:21] + "..."  # the label column is ~24 characters wide
+            lines.append((f"{short}\n{row}", fixed + samples))
+    width = LABEL_WIDTH + max(sum(image.width + GAP for _, image in line) for _, line in lines)
+    height = len(lines) * (TILE_HEIGHT + CAPTION_HEIGHT + GAP)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for number, (label, line) in enumerate(lines):
+        top = number * (TILE_HEIGHT + CAPTION_HEIGHT + GAP)
+        draw.multiline_text((4, top + TILE_HEIGHT // 2 - 10), label, fill="black")
+        left = LABEL_WIDTH
+        for caption, image in line:
+            canvas.paste(image, (left, top))
+            draw.text((left + 2, top + TILE_HEIGHT + 2), caption, fill="black")
+            left += image.width + GAP
+    return canvas
+
+
+def temperature_plot(aggregates: dict, temperatures: list[float], path: Path) -> None:
+    """Error (with baselines as horizontal lines) and diversity against temperature."""
+    rows, temperatures = aggregates["rows"], sorted(temperatures)
+    figure = Figure(figsize=(11, 4.2), dpi=110)
+    error_axes, diversity_axes = figure.subplots(1, 2)
+    dodge = 0.01 * (max(temperatures) - min(temperatures) or 1.0)  # keeps overlapping error bars apart
+    for axes, names in ((error_axes, list(METRICS)[:4]), (diversity_axes, ["pairwise_rmse"])):
+        for number, metric in enumerate(names):
+            stats = [rows[row_name(temperature)][metric] for temperature in temperatures]
+            means = [item["mean"] for item in stats]
+            spread = [[item["mean"] - item["low"] for item in stats], [item["high"] - item["mean"] for item in stats]]
+            positions = [temperature + (number - (len(names) - 1) / 2) * dodge for temperature in temperatures]
+            axes.errorbar(positions, means, yerr=spread, marker="o", capsize=3, label=METRICS[metric][0])
+    std = [rows[row_name(temperature)]["sample_variance"]["mean"] ** 0.5 for temperature in temperatures]
+    diversity_axes.plot(temperatures, std, marker="s", linestyle="--", label="sqrt(variance)")
+    for baseline, style in (("gray", ":"), ("regression", "--")):
+        if baseline in rows:
+            error_axes.axhline(rows[baseline]["best_of_1_rmse"]["mean"], color="black", linestyle=style,
+                               label=f"{baseline} baseline")  # fmt: skip
+    error_axes.set(xlabel="temperature", ylabel="ab RMSE (Lab units)", title="Error against the true colours")
+    diversity_axes.set(xlabel="temperature", ylabel="Lab units", title="Diversity of the samples")
+    for axes in (error_axes, diversity_axes):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def write_report(out: Path, settings: dict, collector: ReportCollector) -> None:
+    """Writes the five report files into ``out`` (which must exist)."""
+    settings = {**settings, "num_images": len(collector.records)}
+    aggregates = aggregate(collector.records, settings["seed"])
+    fid = collector.fid()
+    document = {"settings": settings, "aggregates": aggregates, "fid": fid, "per_image": collector.records}
+    (out / "metrics.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    (out / "report.md").write_text(markdown_report(settings, aggregates, fid), encoding="utf-8")
+    model_rows = [row_name(temperature) for temperature in settings["temperatures"]]
+    if collector.sheet:
+        contact_sheet(collector.sheet, model_rows).save(out / "contact_sheet.png")
+    else:  # --sheet-images 0: no sheet, and none left over from an overwritten report
+        (out / "contact_sheet.png").unlink(missing_ok=True)
+    temperature_plot(aggregates, settings["temperatures"], out / "temperature_plot.png")
+    lines = [os.path.relpath(os.path.abspath(record["path"]), os.path.abspath(out)) for record in collector.records]
+    header = f"# {len(lines)} photos evaluated, paths relative to this folder (read with cinn.images.list_images)\n"
+    skipped = "".join(f"# skipped: {path}\n" for path in settings["skipped"])
+    (out / "files.txt").write_text(header + "".join(line + "\n" for line in lines) + skipped, encoding="utf-8")
