@@ -1,0 +1,55 @@
+"""Pretraining the conditioning net: a 2-step run writes a checkpoint that loads, resumes and exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+import pipelines.pretrain_condnet as pretrain_pipeline
+import pipelines.train as train_pipeline
+from cinn.colorizer import Colorizer
+
+DEBUG = str(Path(__file__).resolve().parents[1] / "configs" / "debug.yaml")
+
+
+def test_two_steps_write_a_checkpoint_that_resumes_and_feeds_the_flow(tmp_path, photo_folder, capsys):
+    run = tmp_path / "pretrain"
+    assert pretrain_pipeline.main(["--config", DEBUG, "--data", str(photo_folder), "--out", str(run)]) == 0
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
+    assert checkpoint["step"] == 2
+    backbone = load_file(run / "backbone.safetensors")
+    baseline = load_file(run / "baseline.safetensors")
+    assert baseline["head.bin_counts"].sum() > 0  # the rebalancing statistics were gathered
+    assert "val/ab_rmse" in capsys.readouterr().out
+
+    # Resume to 4 steps: the weights move on from the saved ones.
+    assert pretrain_pipeline.main(["--out", str(run), "--resume", "--set", "pretrain.steps=4"]) == 0
+    assert torch.load(run / "checkpoints/last.pt", weights_only=False)["step"] == 4
+    resumed = load_file(run / "backbone.safetensors")
+    assert any(not torch.equal(backbone[name], resumed[name]) for name in backbone)
+
+    # A flow run starts from that backbone, frozen.
+    flow_run = tmp_path / "flow"
+    code = train_pipeline.main([
+        "--config", DEBUG, "--data", str(photo_folder), "--out", str(flow_run), "--set", "train.steps=1",
+        "--set", f"train.pretrained_conditioning={run / 'backbone.safetensors'}",
+        "--set", "train.freeze_conditioning_steps=-1",
+    ])  # fmt: skip
+    assert code == 0
+    model = Colorizer.from_pretrained(flow_run / "release")
+    for name, tensor in model.conditioning_net.state_dict().items():
+        assert torch.equal(tensor, resumed[name]), name
+    assert (flow_run / "release/baseline.safetensors").is_file()
+
+
+def test_a_new_run_never_overwrites_an_existing_one(tmp_path, photo_folder, capsys):
+    run = tmp_path / "pretrain"
+    assert pretrain_pipeline.main(["--config", DEBUG, "--data", str(photo_folder), "--out", str(run)]) == 0
+    before = (run / "checkpoints/last.pt").read_bytes()
+    assert pretrain_pipeline.main(["--config", DEBUG, "--data", str(photo_folder), "--out", str(run)]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (run / "checkpoints/last.pt").read_bytes() == before
+    missing = tmp_path / "nothing"
+    assert pretrain_pipeline.main(["--out", str(missing), "--resume"]) == 2
