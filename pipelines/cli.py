@@ -30,6 +30,22 @@ def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
     return wrapper
 
 
+def documented_parser(docstring: str) -> argparse.ArgumentParser:
+    """A parser whose --help is the program's docstring: its first paragraph, then the rest (examples)."""
+    summary, _, rest = docstring.partition("\n\n")
+    return argparse.ArgumentParser(
+        description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--data, --val-data, --out and --resume of a training program."""
+    parser.add_argument("--data", help="photo folder (any tree: ImageNet, COCO, ...) or a list file")
+    parser.add_argument("--val-data", help="validation folder or list (default: a hashed split of --data)")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+
+
 def add_recipe_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
     parser.add_argument("--config", type=Path, required=config_required, help="recipe YAML (configs/*.yaml)")
     parser.add_argument(

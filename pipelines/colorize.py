@@ -25,17 +25,13 @@ from cinn import DEFAULT_MODEL, DEFAULT_TEMPERATURE
 from cinn.colorizer import Colorizer
 from cinn.images import IMAGE_EXTENSIONS, ImageLoadError, load_rgb_and_alpha
 from cinn.training import resolve_device
-from pipelines.cli import user_errors_exit
+from pipelines.cli import documented_parser, user_errors_exit
 
 GRID_TILE_HEIGHT = 256
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = documented_parser(__doc__)
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--n", type=int, default=8, help="colorizations per photo (default 8)")
     parser.add_argument(

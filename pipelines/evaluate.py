@@ -43,18 +43,14 @@ from cinn.images import ImageLoadError, list_images, load_rgb
 from cinn.inference import prepare_photo, recombine, to_pil
 from cinn.training import resolve_device, validation_loader
 from conditioning_nets import PretrainingModel
-from pipelines.cli import user_errors_exit
+from pipelines.cli import documented_parser, user_errors_exit
 from pipelines.evaluation_report import ImageResult, ReportCollector, check_report_directory, row_name, write_report
 
 BASELINE_FILE = "baseline.safetensors"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = documented_parser(__doc__)
     parser.add_argument("--model", type=Path, default=cinn.DEFAULT_MODEL, help="release directory (default: shipped)")
     parser.add_argument("--data", required=True, help="photo folder or list file (one path a line)")
     parser.add_argument("--out", type=Path, required=True, help="report directory")

@@ -38,23 +38,16 @@ from cinn.training import (
     validation_loader,
 )
 from conditioning_nets import PretrainingModel, accumulate_bin_counts
-from pipelines.cli import add_recipe_arguments, load_recipe, user_errors_exit
+from pipelines.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
 from pipelines.run_dir import prepare_run
 
 LAST = "checkpoints/last.pt"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = documented_parser(__doc__)
     add_recipe_arguments(parser, config_required=False)
-    parser.add_argument("--data", help="photo folder or list file")
-    parser.add_argument("--val-data", help="validation folder or list (default: a hashed split of --data)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_run_arguments(parser)
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     return parser.parse_args(argv)
 

@@ -46,7 +46,7 @@ from cinn.training import (
     validation_loader,
     warmup_cosine,
 )
-from pipelines.cli import add_recipe_arguments, load_recipe, user_errors_exit
+from pipelines.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
 from pipelines.run_dir import prepare_run, sample_grid
 
 LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
@@ -69,16 +69,9 @@ class Progress:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = documented_parser(__doc__)
     add_recipe_arguments(parser, config_required=False)
-    parser.add_argument("--data", help="photo folder (any tree: ImageNet, COCO, ...) or a list file")
-    parser.add_argument("--val-data", help="validation folder or list (default: a hashed split of --data)")
-    parser.add_argument("--out", type=Path, required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    add_run_arguments(parser)
     return parser.parse_args(argv)
 
 
