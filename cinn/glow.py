@@ -18,6 +18,7 @@ from cinn.blocks import (
     InvertibleSequential,
     data_dependent_init,
 )
+from cinn.blocks.coupling import convolution_layout
 
 MIXINGS = {"orthogonal": FixedOrthogonalMixing, "lu": InvertibleConv1x1LU}
 
@@ -148,15 +149,18 @@ class ConditionalGlow(nn.Module):
         if self.global_channels:
             vector = c[-1][:, :, None, None].expand(-1, -1, *maps[-1].shape[2:])
             maps[-1] = torch.cat([maps[-1], vector], dim=1)
-        return maps
+        # Once per level here, rather than in each of the level's couplings.
+        return [convolution_layout(condition) for condition in maps]
 
     def forward(self, x: torch.Tensor, c: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Data to latent.
 
         Args:
             x: ab, (B, in_channels, H, W) with H, W divisible by ``2**(num_levels - 1)``.
-            c: one condition map per level, (B, condition_channels[k], H / 2**k, W / 2**k), then
-                the (B, global_channels) vector if the flow has one.
+            c: one condition map per level, (Bc, condition_channels[k], H / 2**k, W / 2**k), then
+                the (Bc, global_channels) vector if the flow has one. ``Bc`` is ``B`` or divides it:
+                each condition then serves ``B / Bc`` consecutive samples, as if repeated with
+                ``repeat_interleave`` but computed once (e.g. ``Bc = 1`` for samples of one photo).
 
         Returns:
             zs: the latents, shapes ``latent_shapes(H, W)`` with the batch dimension in front;
@@ -173,7 +177,10 @@ class ConditionalGlow(nn.Module):
         return zs, logdet
 
     def inverse(self, zs: Sequence[torch.Tensor], c: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latent to data: ``zs`` as returned by ``forward`` -> (ab (B, in_channels, H, W), logdet (B,))."""
+        """Latent to data: ``zs`` as returned by ``forward`` -> (ab (B, in_channels, H, W), logdet (B,)).
+
+        ``c`` as in ``forward``: pass a photo's conditions once (batch 1) for many samples of it.
+        """
         # The finest condition map runs at the data's resolution; the finest latent may not.
         conditions = self._level_conditions(c, c[0].shape[2], c[0].shape[3])
         remaining = list(zs)
