@@ -95,7 +95,8 @@ class Colorizer(nn.Module):
         log|det d ab/dz|``. Pass ``zs`` (per-level, batch B * num_samples) to decode given latents.
         """
         batch = lightness.shape[0]
-        conditions = [c.repeat_interleave(num_samples, dim=0) for c in self.conditions(lightness)]
+        # One set of conditions serves all of an image's samples: the flow shares, never copies, it.
+        conditions = self.conditions(lightness)
         if zs is None:
             ab_height = lightness.shape[2] * self.config.ab_size // self.config.lightness_size
             ab_width = lightness.shape[3] * self.config.ab_size // self.config.lightness_size
