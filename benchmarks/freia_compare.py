@@ -325,7 +325,7 @@ def print_row(row: dict) -> None:
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """Shapes and sizes of a full run (about 10 minutes on 2 CPU cores) or a --quick one."""
+    """Shapes and sizes of a full run (about 6 minutes on 2 idle CPU cores) or a --quick one."""
     config = ROOT / "configs" / "default.yaml"
     if args.quick:
         cases = {"default": recipe_case(config, 2), "paper": paper_case(1).but(ab_size=16)}
@@ -335,7 +335,7 @@ def settings(args: argparse.Namespace) -> dict:
         "scaling_sizes": (32, 64, 128),
         "scaling_batches": (1, 8, 32),
         "samples": 8,
-        "repeats": 5,
+        "repeats": 7,
         "warmup": 1,
     }
 
@@ -362,7 +362,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="write the results here as JSON (e.g. benchmarks/results/cpu.json)")
     parser.add_argument("--readme", type=Path, help="fill the results section of this Markdown file")
     parser.add_argument("--cuda-results", type=Path, help="CUDA results JSON for the README's CUDA columns")
-    parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement (default: 5; quick: 2)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds per measurement (default: 7; quick: 2)")
     parser.add_argument(
         "--skip",
         nargs="*",
@@ -389,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     command = "python benchmarks/freia_compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
     results = {"machine": machine(device), "command": command.strip(), "flow": [], "end_to_end": []}
+    results["settings"] = {"repeats": args.repeats, "warmup": args.warmup, "samples": args.samples}
     print(json.dumps(results["machine"]))
     cases = (setup["default"], setup["paper"])
     results["equivalence"] = {case.label: equivalence(case, device) for case in cases}
@@ -404,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         config = ROOT / "configs" / "default.yaml"
         results["end_to_end"] = end_to_end_rows(config, args.quick, args.repeats, device)
     results["seconds"] = time.perf_counter() - start
+    results["machine"]["load_average_at_end"] = os.getloadavg()[0]
     print(f"total {results['seconds']:.0f} s")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ def machine(device: torch.device) -> dict:
         "python": platform.python_version(),
         "device": str(device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "load_average_at_start": os.getloadavg()[0],  # 1-minute average: includes the minute before
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
@@ -38,7 +39,7 @@ def machine(device: torch.device) -> dict:
 
 
 def number(value: float) -> str:
-    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:.0f}"
 
 
 def flow_table(cpu: dict, cuda: dict | None) -> list[str]:
@@ -46,7 +47,7 @@ def flow_table(cpu: dict, cuda: dict | None) -> list[str]:
     head = "| Measure | Shape | Unit | CPU ours | CPU FrEIA | CPU ours/FrEIA |"
     rule = "|---|---|---|---:|---:|---:|"
     if cuda is None:
-        head, rule = head + " CUDA |", rule + "---|"
+        head, rule = head + f" CUDA: {NO_GPU} |", rule + "---|"
     else:
         head, rule = head + " CUDA ours | CUDA FrEIA | CUDA ours/FrEIA |", rule + "---:|---:|---:|"
     cuda_rows = {(row["measure"], row["case"]): row for row in (cuda or {}).get("flow", [])}
@@ -56,7 +57,7 @@ def flow_table(cpu: dict, cuda: dict | None) -> list[str]:
         cells.append(f"**{row['ratio']:.2f}**")
         other = cuda_rows.get((row["measure"], row["case"]))
         if cuda is None:
-            cells.append(NO_GPU)
+            cells.append("–")
         elif other:
             cells += [number(other["ours"]), number(other["freia"]), f"**{other['ratio']:.2f}**"]
         else:
@@ -67,10 +68,11 @@ def flow_table(cpu: dict, cuda: dict | None) -> list[str]:
 
 def end_to_end_table(cpu: dict, cuda: dict | None) -> list[str]:
     cuda_rows = {row["measure"]: row for row in (cuda or {}).get("end_to_end", [])}
-    lines = ["| Program | Unit | CPU | CUDA | Notes |", "|---|---|---:|---:|---|"]
+    cuda_head = "CUDA" if cuda else f"CUDA: {NO_GPU}"
+    lines = [f"| Program | Unit | CPU | {cuda_head} | Notes |", "|---|---|---:|---:|---|"]
     for row in cpu.get("end_to_end", []):
         other = cuda_rows.get(row["measure"])
-        gpu = number(other["value"]) if other else (NO_GPU if cuda is None else "–")
+        gpu = number(other["value"]) if other else "–"
         lines.append(f"| {row['measure']} | {row['unit']} | {number(row['value'])} | {gpu} | {row['note']} |")
     return lines
 
