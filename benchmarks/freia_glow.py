@@ -51,7 +51,7 @@ def build_freia_glow(ours: ConditionalGlow, height: int, width: int) -> GraphINN
     ``freia_conditions``. Outputs: one latent per level, in the order of ``ours.forward``.
     """
     config = ours.config
-    condition_channels = [levels_blocks_condition(level) for level in ours.levels]
+    condition_channels = [level_condition_channels(level) for level in ours.levels]
     global_channels = ours.global_channels
     condition_channels[-1] -= global_channels
     nodes: list[Node] = [InputNode(ours.in_channels, height, width, name="ab")]
@@ -102,7 +102,7 @@ def build_freia_glow(ours: ConditionalGlow, height: int, width: int) -> GraphINN
     return GraphINN(nodes + outputs, force_tuple_output=True)
 
 
-def levels_blocks_condition(level) -> int:
+def level_condition_channels(level) -> int:
     """Condition channels (map + global) the couplings of one of our levels take."""
     for block in level.blocks:
         if isinstance(block, ConditionalAffineCoupling):
