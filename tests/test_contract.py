@@ -219,3 +219,26 @@ def test_actnorm_initialisation_is_explicit_and_saved():
     reloaded.load_state_dict(glow_model.state_dict())
     assert bool(reloaded.levels[0].blocks[0].initialized)
     torch.testing.assert_close(reloaded(x, c)[0][0], glow_model(x, c)[0][0])
+
+
+@pytest.mark.parametrize("name", ["coupling", "glow_actnorm_lu_global"])
+def test_shared_conditions_equal_repeated_ones(name):
+    """Conditions of batch B / n serve n consecutive samples each, exactly as if repeat_interleave'd."""
+    case = next(case for case in CASES if case.name == name)
+    module = randomized(case)
+    x, c = inputs(case, batch=6)
+    tensors = c if isinstance(c, list) else [c]
+
+    def unwrap(conditions):
+        return conditions if isinstance(c, list) else conditions[0]
+
+    shared = [t[:2] for t in tensors]
+    repeated = [t.repeat_interleave(3, dim=0) for t in shared]
+    y, logdet = module(x, unwrap(shared))
+    y_repeated, logdet_repeated = module(x, unwrap(repeated))
+    torch.testing.assert_close(y, y_repeated, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logdet, logdet_repeated, atol=1e-4, rtol=1e-5)
+    x_back, _ = module.inverse(y_repeated, unwrap(shared))
+    torch.testing.assert_close(x_back, x, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="cannot share"):
+        module(x, unwrap([t[:4] for t in tensors]))
