@@ -98,13 +98,16 @@ class Colorizer(nn.Module):
         # One set of conditions serves all of an image's samples: the flow shares, never copies, it.
         conditions = self.conditions(lightness)
         if zs is None:
-            ab_height = lightness.shape[2] * self.config.ab_size // self.config.lightness_size
-            ab_width = lightness.shape[3] * self.config.ab_size // self.config.lightness_size
-            shapes = self.flow.latent_shapes(ab_height, ab_width)
+            shapes = self.latent_shapes(lightness)
             zs = sample_latents(shapes, batch * num_samples, temperature, generator, lightness.device, lightness.dtype)
         ab, logdet_inverse = self.flow.inverse(zs, conditions)
         bits = bits_per_dim(negative_log_likelihood(zs, -logdet_inverse), ab[0].numel())
         return ab.reshape(batch, num_samples, *ab.shape[1:]), bits.reshape(batch, num_samples)
+
+    def latent_shapes(self, lightness: torch.Tensor) -> list[tuple[int, int, int]]:
+        """Per-level latent (C, H, W) for the ab that goes with lightness (B, 1, Hl, Wl)."""
+        height, width = (side * self.config.ab_size // self.config.lightness_size for side in lightness.shape[2:])
+        return self.flow.latent_shapes(height, width)
 
     @property
     def input_multiple(self) -> int:
@@ -165,8 +168,7 @@ class Colorizer(nn.Module):
         full_lightness, lightness, _, alpha, _ = prepare_photo(
             image, working_side or self.config.lightness_size, self.input_multiple, device
         )
-        ab_height, ab_width = (side * self.config.ab_size // self.config.lightness_size for side in lightness.shape[2:])
-        shapes = self.flow.latent_shapes(ab_height, ab_width)
+        shapes = self.latent_shapes(lightness)
         ends = [sample_latents(shapes, 1, temperature, generator, device) for _ in range(2)]
         zs = interpolate_latents(ends[0], ends[1], num_frames)
         ab, _ = self.sample_with_likelihood(lightness, num_frames, temperature, zs=zs)
