@@ -1,9 +1,11 @@
-"""Build the photo kit: a few dozen real colour photographs from Debian packages and scikit-image.
+"""Build the photo kit: some two hundred real colour photographs from Debian packages and scikit-image.
 
-The kit is small enough to train a smoke model on a CPU and to eyeball colorizations, and it needs
+The kit is small enough to train a demo model on a CPU and to eyeball colorizations, and it needs
 no dataset download: ``configs/photo_kit.txt`` names each photo by Debian package and path (or by
-``skimage.data`` function) and its split. Files land flat in ``OUT/train`` and ``OUT/val``, named
-``<source>__<name>.<ext>``; ``OUT/sources.tsv`` records where each came from.
+``skimage.data`` function) and its split. A photo stored inside a Qt resource archive (GCompris
+ships its pictures that way) is named ``ARCHIVE.rcc!PATH/IN/ARCHIVE``. Files land flat in
+``OUT/train`` and ``OUT/val``, named ``<source>__<name>.<ext>``; ``OUT/sources.tsv`` records where
+each came from.
 
 Example:
     python pipelines/make_photo_kit.py --out photos/kit
@@ -15,10 +17,14 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
+import io
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +35,7 @@ from tqdm import tqdm
 DEFAULT_LIST = Path(__file__).resolve().parent.parent / "configs" / "photo_kit.txt"
 SKIMAGE = "skimage"
 SPLITS = ("train", "val")
+ARCHIVE_SEPARATOR = "!"  # ``usr/share/gcompris-qt/rcc/erase.rcc!gcompris/.../gorilla.webp``
 
 
 class KitError(Exception):
@@ -40,16 +47,26 @@ class KitEntry:
     """One photo of the kit: where it comes from and which split it belongs to."""
 
     source: str  # a Debian package name, or "skimage"
-    path: str  # path inside the package, or the name of a skimage.data function
+    path: str  # path inside the package (``ARCHIVE.rcc!MEMBER`` inside a Qt resource archive), or a skimage.data name
     split: str
     line_number: int
 
     @property
+    def archive_and_member(self) -> tuple[str, str | None]:
+        """The package file holding the photo, and the photo's path inside it when that file is an archive."""
+        archive, _, member = self.path.partition(ARCHIVE_SEPARATOR)
+        return archive, member or None
+
+    @property
     def flat_name(self) -> str:
-        """``plasma__Kite.jpg`` for a KDE wallpaper, ``opencv__fruits.jpg``, ``skimage__coffee.png``."""
+        """``plasma__Kite.jpg`` for a KDE wallpaper, ``opencv__fruits.jpg``, ``skimage__coffee.png``,
+        ``gcompris__erase-gorilla.webp`` for a picture in GCompris's ``erase.rcc``."""
         prefix = self.source.split("-")[0]
         if self.source == SKIMAGE:
             return f"{prefix}__{self.path}.png"
+        archive, member = self.archive_and_member
+        if member is not None:
+            return f"{prefix}__{Path(archive).stem}-{Path(member).stem}{Path(member).suffix.lower()}"
         parts = Path(self.path).parts
         # KDE wallpapers are <Name>/contents/images/<W>x<H>.jpg: the folder carries the name.
         stem = parts[parts.index("contents") - 1] if "contents" in parts[1:] else Path(self.path).stem
@@ -116,14 +133,69 @@ def prepare_output(out: Path, force: bool) -> None:
         (out / split).mkdir(parents=True)
 
 
+@functools.cache
+def qt_resources(archive: Path) -> dict[str, bytes]:
+    """Every file in a compiled Qt resource archive (``.rcc``), by its path inside the archive.
+
+    The format (Qt's ``rcc --binary``, versions 1-3): a header ``qres``, version, and offsets of
+    the tree, the data and the names; the tree is a flat array of nodes (name offset, flags, then
+    children for a directory or a data offset for a file); a file's data is a big-endian length and
+    the bytes, zlib-compressed behind a 4-byte size when flag 1 is set.
+    """
+    data = archive.read_bytes()
+    if len(data) < 20 or data[:4] != b"qres":
+        raise KitError(f"'{archive}' is not a Qt resource archive")
+    version, tree, payload, names = struct.unpack_from(">IIII", data, 4)
+    node_size = 22 if version >= 2 else 14
+
+    def name_at(offset: int) -> str:
+        (length,) = struct.unpack_from(">H", data, names + offset)
+        start = names + offset + 6  # length, then a 4-byte hash, then UTF-16 code units
+        return data[start : start + 2 * length].decode("utf-16-be")
+
+    files: dict[str, bytes] = {}
+    pending = [(0, "")]  # (node index, path of its parent)
+    while pending:
+        index, parent = pending.pop()
+        node = tree + index * node_size
+        name_offset, flags = struct.unpack_from(">IH", data, node)
+        path = f"{parent}/{name_at(name_offset)}".lstrip("/") if index else ""
+        if flags & 2:  # directory
+            count, first = struct.unpack_from(">II", data, node + 6)
+            pending.extend((child, path) for child in range(first, first + count))
+            continue
+        (offset,) = struct.unpack_from(">I", data, node + 10)
+        (size,) = struct.unpack_from(">I", data, payload + offset)
+        blob = data[payload + offset + 4 : payload + offset + 4 + size]
+        if flags & 4:
+            raise KitError(f"'{archive}': '{path}' is zstd-compressed, which this reader does not support")
+        files[path] = zlib.decompress(blob[4:]) if flags & 1 else blob
+    return files
+
+
+def read_source(entry: KitEntry, tree: Path) -> bytes | Path:
+    """The photo's file in the extracted tree, or its bytes when it lives inside an archive."""
+    archive, member = entry.archive_and_member
+    return tree / archive if member is None else qt_resources(tree / archive)[member]
+
+
+def is_present(entry: KitEntry, tree: Path | None) -> bool:
+    archive, member = entry.archive_and_member
+    if entry.source == SKIMAGE:
+        return True
+    if not (tree / archive).is_file():
+        return False
+    return member is None or member in qt_resources(tree / archive)
+
+
 def check_sources(entries: list[KitEntry], tree: Path | None) -> None:
     """Fail, naming the first, if a listed package file is not in the extracted tree."""
-    missing = [entry for entry in entries if entry.source != SKIMAGE and not (tree / entry.path).is_file()]
+    missing = [entry for entry in entries if not is_present(entry, tree)]
     if missing:
         first = missing[0]
         raise KitError(
             f"{len(missing)} listed photo(s) missing, first: '{first.path}' of package {first.source} "
-            f"(list line {first.line_number}), looked for '{tree / first.path}'"
+            f"(list line {first.line_number}), looked for '{tree / first.archive_and_member[0]}'"
         )
 
 
@@ -133,28 +205,35 @@ def copy_photos(entries: list[KitEntry], tree: Path | None, out: Path, max_side:
         destination = out / entry.split / entry.flat_name
         if entry.source == SKIMAGE:
             save_skimage_photo(entry.path, destination)
-        elif max_side is not None:
-            save_downscaled(tree / entry.path, destination, max_side)
+            continue
+        source = read_source(entry, tree)
+        if max_side is not None:
+            save_downscaled(source, destination, max_side)
+        elif isinstance(source, bytes):
+            destination.write_bytes(source)
         else:
-            shutil.copyfile(tree / entry.path, destination)
+            shutil.copyfile(source, destination)
     rows = [f"{entry.split}/{entry.flat_name}\t{entry.source}\t{entry.path}\n" for entry in entries]
     (out / "sources.tsv").write_text("file\tsource\tpath\n" + "".join(rows), encoding="utf-8")
 
 
-def save_downscaled(source: Path, destination: Path, max_side: int) -> None:
+def save_downscaled(source: Path | bytes, destination: Path, max_side: int) -> None:
     """Save ``source`` upright with its longer side at most ``max_side`` (JPEG quality 95), or copy it.
 
     Multi-megapixel, often progressive, JPEGs cost 0.1-0.4 s each to decode; a CPU smoke run on
-    64 px crops does not need them.
+    64 px crops does not need them. WebP is saved lossless.
     """
-    with Image.open(source) as image:
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         if max(image.size) <= max_side:
-            shutil.copyfile(source, destination)
+            if isinstance(source, bytes):
+                destination.write_bytes(source)
+            else:
+                shutil.copyfile(source, destination)
             return
         image.draft(image.mode, (max_side, max_side))
         image = ImageOps.exif_transpose(image)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        image.save(destination, quality=95)
+        image.save(destination, **({"lossless": True} if destination.suffix == ".webp" else {"quality": 95}))
 
 
 def print_summary(entries: list[KitEntry], out: Path) -> None:

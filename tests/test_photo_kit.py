@@ -3,21 +3,78 @@
 from __future__ import annotations
 
 import collections
+import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.make_photo_kit import DEFAULT_LIST, main, read_kit_list
+from pipelines.make_photo_kit import DEFAULT_LIST, main, qt_resources, read_kit_list
 
 
 def test_the_shipped_kit_list_is_sound():
     entries = read_kit_list(DEFAULT_LIST)
     splits = collections.Counter(entry.split for entry in entries)
-    assert len(entries) >= 40 and splits["val"] >= 8
-    assert 0.15 <= splits["val"] / len(entries) <= 0.25
+    assert len(entries) >= 150 and splits["val"] >= 20
+    assert 0.1 <= splits["val"] / len(entries) <= 0.25
     val_sources = {entry.source for entry in entries if entry.split == "val"}
-    assert len(val_sources) >= 4  # validation spans wallpapers, OpenCV samples and scikit-image
+    assert len(val_sources) >= 6  # validation spans every package and scikit-image
+
+
+def write_qt_resource_archive(path, files):
+    """A version-3 Qt resource archive holding ``files`` ({"dir/name": bytes}) under one folder,
+    the second file zlib-compressed as ``rcc`` does (4-byte size, then the zlib stream)."""
+    folder = next(iter(files)).split("/")[0]
+    names, name_offsets = b"", {}
+    for name in [folder, *(key.split("/")[1] for key in files)]:
+        name_offsets[name] = len(names)
+        names += struct.pack(">HI", len(name), 0) + name.encode("utf-16-be")
+    payload, nodes = b"", []
+    for index, (key, blob) in enumerate(files.items()):
+        compressed = index == 1
+        stored = struct.pack(">I", len(blob)) + zlib.compress(blob) if compressed else blob
+        nodes.append(struct.pack(">IHHHIQ", name_offsets[key.split("/")[1]], int(compressed), 0, 0, len(payload), 0))
+        payload += struct.pack(">I", len(stored)) + stored
+    root = struct.pack(">IHIIQ", 0, 2, 1, 1, 0)
+    folder_node = struct.pack(">IHIIQ", name_offsets[folder], 2, len(files), 2, 0)
+    tree = root + folder_node + b"".join(nodes)
+    header_size = 24
+    tree_at, payload_at = header_size, header_size + len(tree)
+    names_at = payload_at + len(payload)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"qres" + struct.pack(">IIIII", 3, tree_at, payload_at, names_at, 0) + tree + payload + names)
+
+
+def png_bytes(colour, size=(40, 30)):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_photos_inside_a_qt_resource_archive(tmp_path):
+    files = {"pics/owl.png": png_bytes((120, 80, 20)), "pics/sea.png": png_bytes((10, 60, 200), (50, 20))}
+    archive = tmp_path / "debs/usr/share/game/rcc/animals.rcc"
+    write_qt_resource_archive(archive, files)
+    assert qt_resources(archive) == files
+    rows = [
+        ("game-data", "usr/share/game/rcc/animals.rcc!pics/owl.png", "train"),
+        ("game-data", "usr/share/game/rcc/animals.rcc!pics/sea.png", "val"),
+    ]
+    kit_list = write_list(tmp_path / "kit.txt", rows)
+    main(["--out", str(tmp_path / "kit"), "--debs", str(tmp_path / "debs"), "--list", str(kit_list)])
+    assert (tmp_path / "kit/train/game__animals-owl.png").read_bytes() == files["pics/owl.png"]
+    assert Image.open(tmp_path / "kit/val/game__animals-sea.png").getpixel((3, 3)) == (10, 60, 200)
+    missing = write_list(
+        tmp_path / "missing.txt", [("game-data", "usr/share/game/rcc/animals.rcc!pics/cat.png", "train")]
+    )
+    with pytest.raises(SystemExit, match="animals.rcc!pics/cat.png' of package game-data"):
+        main(["--out", str(tmp_path / "kit2"), "--debs", str(tmp_path / "debs"), "--list", str(missing)])
+    (tmp_path / "debs/fake.rcc").write_bytes(b"PK\x03\x04 not qt")
+    not_rcc = write_list(tmp_path / "not_rcc.txt", [("game-data", "fake.rcc!pics/owl.png", "train")])
+    with pytest.raises(SystemExit, match="is not a Qt resource archive"):
+        main(["--out", str(tmp_path / "kit3"), "--debs", str(tmp_path / "debs"), "--list", str(not_rcc)])
 
 
 def write_fake_tree(root):
