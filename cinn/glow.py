@@ -18,7 +18,7 @@ from cinn.blocks import (
     InvertibleSequential,
     data_dependent_init,
 )
-from cinn.blocks.coupling import convolution_layout
+from cinn.blocks.coupling import Condition, convolution_layout
 
 MIXINGS = {"orthogonal": FixedOrthogonalMixing, "lu": InvertibleConv1x1LU}
 
@@ -133,8 +133,8 @@ class ConditionalGlow(nn.Module):
             channels -= split
         return shapes
 
-    def _level_conditions(self, c: Sequence[torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
-        """Checks the conditions against the flow and appends the global vector to the last map."""
+    def _level_conditions(self, c: Sequence[torch.Tensor], height: int, width: int) -> list[Condition]:
+        """Checks the conditions against the flow; the last level gets (map, global vector)."""
         expected = self.config.num_levels + (1 if self.global_channels else 0)
         if len(c) != expected:
             raise ValueError(f"expected {expected} condition tensors, got {len(c)}")
@@ -146,11 +146,19 @@ class ConditionalGlow(nn.Module):
                     f"condition {level} has spatial size {tuple(condition.shape[2:])}, level {level} of "
                     f"the flow runs at {size}"
                 )
-        if self.global_channels:
-            vector = c[-1][:, :, None, None].expand(-1, -1, *maps[-1].shape[2:])
-            maps[-1] = torch.cat([maps[-1], vector], dim=1)
         # Once per level here, rather than in each of the level's couplings.
-        return [convolution_layout(condition) for condition in maps]
+        conditions: list[Condition] = [convolution_layout(condition) for condition in maps]
+        if self.global_channels:
+            vector = c[-1]
+            if vector.shape != (maps[-1].shape[0], self.global_channels):
+                raise ValueError(
+                    f"the global condition has shape {tuple(vector.shape)}, expected "
+                    f"({maps[-1].shape[0]}, {self.global_channels})"
+                )
+            # Broadcast over the last level's pixels and concatenated to its map, as far as the
+            # couplings compute; they do it without materialising the broadcast.
+            conditions[-1] = (conditions[-1], vector)
+        return conditions
 
     def forward(self, x: torch.Tensor, c: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Data to latent.

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cinn import ConditionalGlow, GlowConfig
@@ -18,6 +19,7 @@ from cinn.blocks import (
     InvertibleConv1x1LU,
     InvertibleSequential,
 )
+from cinn.blocks.coupling import constant_map_convolution
 
 
 class FlatGlow(nn.Module):
@@ -242,3 +244,47 @@ def test_shared_conditions_equal_repeated_ones(name):
     torch.testing.assert_close(x_back, x, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="cannot share"):
         module(x, unwrap([t[:4] for t in tensors]))
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 5])
+def test_constant_map_convolution_equals_convolving_the_broadcast_map(kernel):
+    generator = torch.Generator().manual_seed(kernel)
+    vector = torch.randn(2, 6, generator=generator, dtype=torch.float64)
+    weight = torch.randn(4, 6, kernel, kernel, generator=generator, dtype=torch.float64)
+    for size in [(1, 1), (2, 7), (5, 4)]:
+        broadcast = vector[:, :, None, None].expand(-1, -1, *size)
+        reference = F.conv2d(broadcast, weight, padding=kernel // 2)
+        result = constant_map_convolution(vector, weight, size, (kernel // 2, kernel // 2))
+        torch.testing.assert_close(result, reference, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="same"):
+        constant_map_convolution(vector, weight, (4, 4), (0, 0) if kernel > 1 else (1, 1))
+
+
+def test_coupling_with_a_global_vector_equals_its_broadcast_concatenation():
+    """c = (map, vector) is the vector broadcast over the map and concatenated after its channels:
+    same output, inverse and gradients for the map, the vector and the weights."""
+    torch.manual_seed(0)
+    coupling = ConditionalAffineCoupling(4, 3 + 5, 8)
+    with torch.no_grad():
+        for parameter in coupling.parameters():
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    x = torch.randn(4, 4, 3, 5)
+    condition_map = torch.randn(2, 3, 3, 5, requires_grad=True)  # each condition serves two samples
+    vector = torch.randn(2, 5, requires_grad=True)
+
+    def loss_and_gradients(c):
+        y, logdet = coupling(x, c)
+        loss = (y**2).sum() + logdet.sum()
+        return y, logdet, torch.autograd.grad(loss, [condition_map, vector, *coupling.parameters()])
+
+    concatenated = torch.cat([condition_map, vector[:, :, None, None].expand(-1, -1, 3, 5)], dim=1)
+    y, logdet, gradients = loss_and_gradients((condition_map, vector))
+    y_ref, logdet_ref, gradients_ref = loss_and_gradients(concatenated)
+    torch.testing.assert_close(y, y_ref, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(logdet, logdet_ref, atol=1e-5, rtol=1e-6)
+    for gradient, gradient_ref in zip(gradients, gradients_ref, strict=True):
+        torch.testing.assert_close(gradient, gradient_ref, atol=1e-5, rtol=1e-5)
+    x_back, _ = coupling.inverse(y.detach(), (condition_map, vector))
+    torch.testing.assert_close(x_back, x, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="expected 8 condition channels"):
+        coupling(x, (condition_map, vector[:, :4]))

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cinn.blocks.base import InvertibleModule
+
+# A coupling's condition: a map (Bc, condition_channels, H, W), or a pair (map, vector) with the
+# vector (Bc, G) standing for its broadcast over the map's pixels, concatenated after the map's
+# channels (the map then has condition_channels - G channels).
+Condition = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 def soft_clamp(log_scale: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -55,7 +61,9 @@ class ConditionalAffineCoupling(InvertibleModule):
     The first layer is linear, so it is computed as ``conv([x, c]) = conv_x(x) + conv_c(c)``: the
     condition, usually most of the subnetwork's input channels, is then never copied into a
     concatenation, its gradient is only computed when it needs one (not for a frozen conditioning
-    net), and one condition can serve several samples without being repeated.
+    net), and one condition can serve several samples without being repeated. A global vector
+    broadcast over the pixels (``c = (map, vector)``) is convolved exactly without being broadcast
+    (``constant_map_convolution``).
 
     Args:
         channels: channels of ``x``.
@@ -76,7 +84,7 @@ class ConditionalAffineCoupling(InvertibleModule):
         self.subnet_second = coupling_subnet(first + condition_channels, 2 * second, hidden_channels)
 
     def _coefficients(
-        self, subnet: nn.Sequential, x: torch.Tensor, c: torch.Tensor | None
+        self, subnet: nn.Sequential, x: torch.Tensor, c: Condition | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         layer = subnet[0]
         if not self.condition_channels:
@@ -84,20 +92,29 @@ class ConditionalAffineCoupling(InvertibleModule):
         elif c is None:
             raise ValueError("this coupling is conditional but no condition was given")
         else:
-            # split, not two slices: its backward writes the weight's gradient once, without zero-filling.
-            weight_x, weight_c = layer.weight.split((x.shape[1], self.condition_channels), dim=1)
-            hidden = F.conv2d(convolution_layout(x), weight_x, layer.bias, layer.stride, layer.padding)
-            term = F.conv2d(convolution_layout(c), weight_c, None, layer.stride, layer.padding)
+            condition_map, vector = c if isinstance(c, tuple) else (c, None)
+            parts = (x.shape[1], condition_map.shape[1])
+            if vector is not None:
+                parts += (vector.shape[1],)
+            if sum(parts[1:]) != self.condition_channels:
+                raise ValueError(f"expected {self.condition_channels} condition channels, got {sum(parts[1:])}")
+            # split, not slices: its backward writes the weight's gradient once, without zero-filling.
+            weights = layer.weight.split(parts, dim=1)
+            hidden = F.conv2d(convolution_layout(x), weights[0], layer.bias, layer.stride, layer.padding)
+            term = F.conv2d(convolution_layout(condition_map), weights[1], None, layer.stride, layer.padding)
+            if vector is not None:
+                term = term + constant_map_convolution(vector, weights[2], term.shape[2:], layer.padding)
             hidden = add_shared_condition(hidden, term)
         for module in itertools.islice(subnet, 1, None):
             hidden = module(hidden)
         log_scale, shift = hidden.chunk(2, dim=1)
         return soft_clamp(log_scale, self.clamp), shift
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, H, W), c: (Bc, condition_channels, H, W) -> y: (B, C, H, W), logdet: (B,).
 
         ``Bc`` is ``B``, or divides it: each condition then serves ``B / Bc`` consecutive samples.
+        ``c`` may also be a pair (map, vector), see ``Condition``.
         """
         x1, x2 = x.split(self.split_sizes, dim=1)
         log_scale1, shift1 = self._coefficients(self.subnet_first, x2, c)
@@ -107,7 +124,7 @@ class ConditionalAffineCoupling(InvertibleModule):
         logdet = log_scale1.flatten(1).sum(1) + log_scale2.flatten(1).sum(1)
         return torch.cat([y1, y2], dim=1), logdet
 
-    def inverse(self, y: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, y: torch.Tensor, c: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """y: (B, C, H, W), c as in ``forward`` -> x: (B, C, H, W), logdet of the inverse: (B,)."""
         y1, y2 = y.split(self.split_sizes, dim=1)
         log_scale2, shift2 = self._coefficients(self.subnet_second, y1, c)
@@ -116,6 +133,37 @@ class ConditionalAffineCoupling(InvertibleModule):
         x1 = (y1 - shift1) * (-log_scale1).exp()
         logdet = -(log_scale1.flatten(1).sum(1) + log_scale2.flatten(1).sum(1))
         return torch.cat([x1, x2], dim=1), logdet
+
+
+def constant_map_convolution(
+    vector: torch.Tensor, weight: torch.Tensor, size: Sequence[int], padding: Sequence[int]
+) -> torch.Tensor:
+    """``conv2d(vector broadcast to size, weight, padding=padding)``, without the broadcast.
+
+    Stride 1, "same" padding (``(kernel - 1) / 2`` zeros, as the coupling subnetworks use). On a
+    constant map a kernel tap contributes ``weight[:, :, u, v] @ vector`` wherever it falls inside
+    the map, so the result is those per-tap products summed over the taps inside at each pixel:
+    (B, G) x (K, G, kh, kw) -> (B, K, H, W), for ``B * K * G * kh * kw`` multiply-adds instead of
+    ``H * W`` times as many.
+    """
+    height, width = size
+    kernel_height, kernel_width = weight.shape[2:]
+    if (
+        tuple(padding) != ((kernel_height - 1) // 2, (kernel_width - 1) // 2)
+        or not kernel_height % 2 == kernel_width % 2 == 1
+    ):
+        raise ValueError(
+            f"only odd kernels with 'same' padding are supported, got {tuple(weight.shape[2:])}, {padding}"
+        )
+    taps = torch.einsum("kguv,bg->bkuv", weight, vector)
+
+    def inside(length: int, kernel: int) -> torch.Tensor:
+        """(kernel, length): 1 where tap u of a pixel falls inside the map."""
+        positions = torch.arange(length, device=vector.device) + torch.arange(kernel, device=vector.device)[:, None]
+        offset = (kernel - 1) // 2
+        return ((positions >= offset) & (positions < length + offset)).to(vector.dtype)
+
+    return torch.einsum("bkuv,uh,vw->bkhw", taps, inside(height, kernel_height), inside(width, kernel_width))
 
 
 def convolution_layout(x: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from cinn.blocks.base import InvertibleModule, zero_logdet
+from cinn.blocks.coupling import Condition
 
 
 class InvertibleSequential(InvertibleModule):
@@ -18,14 +19,14 @@ class InvertibleSequential(InvertibleModule):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = zero_logdet(x)
         for block in self.blocks:
             x, block_logdet = block(x, c)
             logdet = logdet + block_logdet
         return x, logdet
 
-    def inverse(self, y: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, y: torch.Tensor, c: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         logdet = zero_logdet(y)
         for block in reversed(self.blocks):
             y, block_logdet = block.inverse(y, c)
