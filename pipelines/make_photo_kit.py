@@ -145,6 +145,14 @@ def qt_resources(archive: Path) -> dict[str, bytes]:
     data = archive.read_bytes()
     if len(data) < 20 or data[:4] != b"qres":
         raise KitError(f"'{archive}' is not a Qt resource archive")
+    try:
+        return parse_qt_resources(data, archive)
+    except (struct.error, zlib.error, UnicodeDecodeError) as error:
+        raise KitError(f"'{archive}' is a damaged Qt resource archive ({error})") from None
+
+
+def parse_qt_resources(data: bytes, archive: Path) -> dict[str, bytes]:
+    """The files of the archive ``data`` (read from ``archive``); see ``qt_resources``."""
     version, tree, payload, names = struct.unpack_from(">IIII", data, 4)
     node_size = 22 if version >= 2 else 14
 
@@ -180,9 +188,9 @@ def read_source(entry: KitEntry, tree: Path) -> bytes | Path:
 
 
 def is_present(entry: KitEntry, tree: Path | None) -> bool:
-    archive, member = entry.archive_and_member
     if entry.source == SKIMAGE:
         return True
+    archive, member = entry.archive_and_member
     if not (tree / archive).is_file():
         return False
     return member is None or member in qt_resources(tree / archive)
@@ -209,12 +217,18 @@ def copy_photos(entries: list[KitEntry], tree: Path | None, out: Path, max_side:
         source = read_source(entry, tree)
         if max_side is not None:
             save_downscaled(source, destination, max_side)
-        elif isinstance(source, bytes):
-            destination.write_bytes(source)
         else:
-            shutil.copyfile(source, destination)
+            copy_source(source, destination)
     rows = [f"{entry.split}/{entry.flat_name}\t{entry.source}\t{entry.path}\n" for entry in entries]
     (out / "sources.tsv").write_text("file\tsource\tpath\n" + "".join(rows), encoding="utf-8")
+
+
+def copy_source(source: Path | bytes, destination: Path) -> None:
+    """Write a photo unchanged: a file of the extracted tree, or bytes read out of an archive."""
+    if isinstance(source, bytes):
+        destination.write_bytes(source)
+    else:
+        shutil.copyfile(source, destination)
 
 
 def save_downscaled(source: Path | bytes, destination: Path, max_side: int) -> None:
@@ -225,10 +239,7 @@ def save_downscaled(source: Path | bytes, destination: Path, max_side: int) -> N
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
         if max(image.size) <= max_side:
-            if isinstance(source, bytes):
-                destination.write_bytes(source)
-            else:
-                shutil.copyfile(source, destination)
+            copy_source(source, destination)
             return
         image.draft(image.mode, (max_side, max_side))
         image = ImageOps.exif_transpose(image)

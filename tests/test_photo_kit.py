@@ -71,6 +71,11 @@ def test_photos_inside_a_qt_resource_archive(tmp_path):
     )
     with pytest.raises(SystemExit, match="animals.rcc!pics/cat.png' of package game-data"):
         main(["--out", str(tmp_path / "kit2"), "--debs", str(tmp_path / "debs"), "--list", str(missing)])
+    damaged = tmp_path / "debs/damaged.rcc"
+    damaged.write_bytes(archive.read_bytes()[:60])
+    cut = write_list(tmp_path / "cut.txt", [("game-data", "damaged.rcc!pics/owl.png", "train")])
+    with pytest.raises(SystemExit, match="is a damaged Qt resource archive"):
+        main(["--out", str(tmp_path / "kit4"), "--debs", str(tmp_path / "debs"), "--list", str(cut)])
     (tmp_path / "debs/fake.rcc").write_bytes(b"PK\x03\x04 not qt")
     not_rcc = write_list(tmp_path / "not_rcc.txt", [("game-data", "fake.rcc!pics/owl.png", "train")])
     with pytest.raises(SystemExit, match="is not a Qt resource archive"):
