@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from end_to_end import end_to_end_rows
@@ -44,6 +45,9 @@ from report import machine, markdown, update_readme
 
 from cinn.glow import ConditionalGlow, GlowConfig
 from cinn.loss import map_loss, sample_latents
+
+if TYPE_CHECKING:
+    from conditioning_nets import ConditioningNet
 
 ROOT = Path(__file__).resolve().parent.parent
 LEARNING_RATE, L2_WEIGHT = 1e-5, 1e-5  # small: the weights must stay sane over the timed steps
@@ -76,17 +80,7 @@ def recipe_case(config: Path, batch: int) -> FlowCase:
     model = load_config(Recipe, config).model
     with torch.device("meta"):  # only its declared shapes are needed
         net = conditioning_net_for(model)
-    flow = model.flow
-    return FlowCase(
-        config.stem,
-        model.ab_size,
-        batch,
-        flow.steps_per_level,
-        flow.hidden_channels,
-        net.out_channels,
-        net.global_channels,
-        flow.clamp,
-    )
+    return flow_case(config.stem, model.ab_size, batch, model.flow, net)
 
 
 def paper_case(batch: int) -> FlowCase:
@@ -94,10 +88,15 @@ def paper_case(batch: int) -> FlowCase:
     from conditioning_nets import VggConditioningNet
 
     with torch.device("meta"):  # only its declared shapes are needed
-        net, flow = VggConditioningNet(), GlowConfig()
+        net = VggConditioningNet()
+    return flow_case("paper", 64, batch, GlowConfig(), net)
+
+
+def flow_case(label: str, ab_size: int, batch: int, flow: GlowConfig, net: ConditioningNet) -> FlowCase:
+    """A flow's shape with the condition channels a conditioning net declares."""
     return FlowCase(
-        "paper",
-        64,
+        label,
+        ab_size,
         batch,
         flow.steps_per_level,
         flow.hidden_channels,
