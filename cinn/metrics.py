@@ -76,6 +76,40 @@ def mean_of_samples_rmse(samples: torch.Tensor, truth: torch.Tensor) -> torch.Te
     return rmse(samples.mean(dim=-4), truth)
 
 
+def mean_sample_rmse(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """RMSE of a sample, averaged over the N samples: the expected error of one draw, (...).
+
+    A steadier estimate of what a user drawing a single colorization gets than ``best_of_one_rmse``.
+    """
+    return rmse(samples, truth.unsqueeze(-4)).mean(dim=-1)
+
+
+def cast_error(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Distance between a sample's mean ab and the truth's, averaged over samples, (...).
+
+    The error of one tint laid over the whole picture. With ``local_error`` it splits the RMSE
+    exactly: ``rmse(sample)^2 = cast^2 + local^2`` for every sample (the image mean is an
+    orthogonal projection). The all-gray prediction's cast error is the norm of the truth's mean ab.
+    """
+    difference = samples.mean(dim=(-2, -1)) - truth.mean(dim=(-2, -1)).unsqueeze(-2)
+    return difference.pow(2).sum(dim=-1).sqrt().mean(dim=-1)
+
+
+def local_error(samples: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """RMSE after removing each image's mean ab from sample and truth, averaged over samples, (...).
+
+    What is left once the cast is forgiven: colours in the wrong places (see ``cast_error``).
+    """
+    centred_samples = samples - samples.mean(dim=(-2, -1), keepdim=True)
+    centred_truth = truth - truth.mean(dim=(-2, -1), keepdim=True)
+    return rmse(centred_samples, centred_truth.unsqueeze(-4)).mean(dim=-1)
+
+
+def mean_chroma(ab: torch.Tensor) -> torch.Tensor:
+    """Mean chroma ``sqrt(a^2 + b^2)`` over pixels, (..., 2, H, W) -> (...)."""
+    return torch.hypot(ab[..., 0, :, :], ab[..., 1, :, :]).mean(dim=(-2, -1))
+
+
 def sample_variance(samples: torch.Tensor) -> torch.Tensor:
     """Diversity as the variance of ab across samples: ``mean_pixels sum_channels var_n(ab)``.
 

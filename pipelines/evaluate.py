@@ -47,6 +47,7 @@ from pipelines.cli import documented_parser, user_errors_exit
 from pipelines.evaluation_report import ImageResult, ReportCollector, check_report_directory, row_name, write_report
 
 BASELINE_FILE = "baseline.safetensors"
+CATEGORIES_FILE = "categories.tsv"  # written by make_photo_kit.py beside each split's photos
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,6 +65,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sheet-images", type=int, default=4, help="photos on the contact sheet (default 4)")
     parser.add_argument("--inception-weights", type=Path, help="local torchvision inception_v3 state dict: adds FID")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report in --out")
+    parser.add_argument(
+        "--categories",
+        type=Path,
+        help=f"file of 'photo file name<TAB>category' lines for a per-category table "
+        f"(default: {CATEGORIES_FILE} inside --data, if there is one)",
+    )
     args = parser.parse_args(argv)
     try:
         args.temperatures = [float(value) for value in args.temperatures.split(",") if value.strip()]
@@ -91,6 +98,25 @@ def load_regression_baseline(directory: Path, model: Colorizer, device: torch.de
     return baseline.to(device).eval()
 
 
+def read_categories(data: str, categories: Path | None) -> dict[str, str]:
+    """Photo file name -> category, from ``categories`` or the data folder's own ``categories.tsv``."""
+    if categories is None:
+        categories = Path(data) / CATEGORIES_FILE
+        if not categories.is_file():
+            return {}
+    if not categories.is_file():
+        raise FileNotFoundError(f"--categories file '{categories}' does not exist")
+    table = {}
+    for number, line in enumerate(categories.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != 2 or not all(field.strip() for field in fields):
+            raise ValueError(f"{categories}:{number}: expected 'file name<TAB>category', got {line!r}")
+        table[fields[0]] = fields[1]
+    return table
+
+
 def score(samples: torch.Tensor, truth: torch.Tensor, lightness: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every per-image metric of ``cinn.metrics`` for a batch, in Lab units.
 
@@ -111,6 +137,10 @@ def score(samples: torch.Tensor, truth: torch.Tensor, lightness: torch.Tensor) -
         "best_of_n_rmse_per_image": metrics.best_of_n_rmse_per_image(samples, truth),
         "best_of_n_rmse_per_pixel": metrics.best_of_n_rmse_per_pixel(samples, truth),
         "best_of_1_rmse": metrics.best_of_one_rmse(samples, truth),
+        "mean_sample_rmse": metrics.mean_sample_rmse(samples, truth),
+        "cast_error": metrics.cast_error(samples, truth),
+        "local_error": metrics.local_error(samples, truth),
+        "chroma": metrics.mean_chroma(samples).mean(dim=-1),
         "mean_of_samples_rmse": metrics.mean_of_samples_rmse(samples, truth),
         "sample_variance": metrics.sample_variance(samples),
         "pairwise_rmse": metrics.mean_pairwise_rmse(samples),
@@ -147,6 +177,7 @@ def evaluate_crops(
     scores = {row: score(denormalize_ab(values), truth, small_lightness) for row, values in predictions.items()}
     nll = model.nll(lightness, ab).cpu()
     truth_colourfulness = metrics.lab_colourfulness(small_lightness, truth).cpu()
+    truth_chroma = metrics.mean_chroma(truth).cpu()
     pictures = {"truth": display_images(lightness, ab[:, None])}
     pictures.update({row: display_images(lightness, values) for row, values in predictions.items()})
     return [
@@ -154,6 +185,7 @@ def evaluate_crops(
             path=path,
             nll_bits_per_dim=nll[index].item(),
             truth_colourfulness=truth_colourfulness[index].item(),
+            truth_chroma=truth_chroma[index].item(),
             scores={
                 row: {name: value[index].item() for name, value in row_scores.items()}
                 for row, row_scores in scores.items()
@@ -202,6 +234,7 @@ def evaluate_photo(
         path=path,
         nll_bits_per_dim=nll,
         truth_colourfulness=metrics.lab_colourfulness(truth_lab[:, :1], truth_lab[:, 1:]).item(),
+        truth_chroma=metrics.mean_chroma(truth_lab[:, 1:]).item(),
         scores={row: {name: value.item() for name, value in row_scores.items()} for row, row_scores in scores.items()},
         pictures={"truth": [image], **outputs},
     )
@@ -213,8 +246,9 @@ def run_evaluation(
     paths: list[str],
     args: argparse.Namespace,
     collector: ReportCollector,
+    categories: dict[str, str],
 ) -> None:
-    """Feeds every photo's result to ``collector``, with a progress bar."""
+    """Feeds every photo's result to ``collector``, with its category, with a progress bar."""
     device = next(model.parameters()).device
     generators = []
     for index in range(len(args.temperatures)):  # one independent stream per temperature
@@ -229,6 +263,7 @@ def run_evaluation(
                     warnings.warn(f"Skipping photo '{path}': {error.reason}.", UserWarning, stacklevel=2)
                     result = None
                 if result is not None:
+                    result.category = categories.get(Path(path).name)
                     collector.add(result)
                 progress.update(1)
             return
@@ -236,6 +271,7 @@ def run_evaluation(
         loader = validation_loader(ColorizationDataset(paths, train=False, config=config), args.batch_size, 0)
         for batch in loader:
             for result in evaluate_crops(model, baseline, batch, args, generators) if batch["path"] else []:
+                result.category = categories.get(Path(result.path).name)
                 collector.add(result)
             progress.update(len(batch["path"]) + batch["num_skipped"])
 
@@ -255,11 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, device)
     baseline = load_regression_baseline(args.model, model, device)
     paths = list_images(args.data)[: args.limit]
+    categories = read_categories(args.data, args.categories)
     inception = InceptionFeatures(args.inception_weights).to(device) if args.inception_weights else None
     if inception is None:
         print("FID skipped: no --inception-weights given (nothing is downloaded).", file=sys.stderr)
     collector = ReportCollector(args.sheet_images, inception)
-    run_evaluation(model, baseline, paths, args, collector)
+    run_evaluation(model, baseline, paths, args, collector, categories)
     if not collector.records:
         raise ValueError(f"None of the {len(paths)} photo(s) in '{args.data}' could be evaluated "
                          "(unreadable or without colour).")  # fmt: skip

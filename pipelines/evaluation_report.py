@@ -31,6 +31,10 @@ METRICS = {
     "best_of_n_rmse_per_image": ("best-of-n (image)", "min over samples of the image's ab RMSE"),
     "best_of_n_rmse_per_pixel": ("best-of-n (pixel)", "RMSE of the closest sample per pixel and channel"),
     "best_of_1_rmse": ("best-of-1", "ab RMSE of the first sample"),
+    "mean_sample_rmse": ("mean sample", "ab RMSE of one sample, averaged over the samples"),
+    "cast_error": ("cast error", "distance of a sample's mean ab from the photo's (one tint over the picture)"),
+    "local_error": ("local error", "ab RMSE once sample and photo have their mean ab removed"),
+    "chroma": ("chroma", "mean chroma sqrt(a^2 + b^2) of a sample"),
     "mean_of_samples_rmse": ("mean of samples", "ab RMSE of the per-pixel mean of the samples"),
     "sample_variance": ("variance", "variance of ab over samples (Lab units squared), a + b, mean over pixels"),
     "pairwise_rmse": ("pairwise RMSE", "mean ab RMSE between two different samples"),
@@ -47,6 +51,8 @@ class ImageResult:
         path: the photo file.
         nll_bits_per_dim: exact NLL of its true ab under the model.
         truth_colourfulness: colourfulness of the photo itself.
+        truth_chroma: mean chroma of the photo's own ab (Lab units).
+        category: what the photo shows ("people", "animals", ...), if the data names it.
         scores: row ("model@0.7", "gray", "regression") -> metric -> value.
         pictures: "truth", "gray", "regression" or a model row -> PIL images (samples) of one size.
     """
@@ -54,8 +60,10 @@ class ImageResult:
     path: str
     nll_bits_per_dim: float
     truth_colourfulness: float
+    truth_chroma: float
     scores: dict[str, dict[str, float]]
     pictures: dict[str, list[Image.Image]]
+    category: str | None = None
 
 
 def check_report_directory(out: Path, overwrite: bool) -> None:
@@ -90,6 +98,8 @@ class ReportCollector:
             "path": result.path,
             "nll_bits_per_dim": result.nll_bits_per_dim,
             "truth_colourfulness": result.truth_colourfulness,
+            "truth_chroma": result.truth_chroma,
+            "category": result.category,
             "scores": result.scores,
         })  # fmt: skip
         if len(self.sheet) < self.sheet_images:
@@ -133,14 +143,71 @@ def aggregate(records: list[dict], seed: int) -> dict:
         "rows": rows,
         "nll_bits_per_dim": summarize([record["nll_bits_per_dim"] for record in records], seed),
         "truth_colourfulness": summarize([record["truth_colourfulness"] for record in records], seed),
+        "truth_chroma": summarize([record["truth_chroma"] for record in records], seed),
     }
+
+
+# Per-category table: header -> (metric, metric of the reference it is divided by); "truth" is the photos' own.
+CATEGORY_RATIOS = {
+    "best-of-n / gray": ("best_of_n_rmse_per_image", "best_of_1_rmse"),
+    "best-of-1 / gray": ("best_of_1_rmse", "best_of_1_rmse"),
+    "mean sample / gray": ("mean_sample_rmse", "best_of_1_rmse"),
+    "cast / gray cast": ("cast_error", "cast_error"),
+    "local / gray local": ("local_error", "local_error"),
+    "chroma / true": ("chroma", "truth"),
+}
+
+
+def by_category(records: list[dict], row: str) -> dict[str, dict[str, float]]:
+    """Category (and "all") -> photo count, gray RMSE and the ``CATEGORY_RATIOS`` of ``row``.
+
+    Each ratio is a ratio of means over the category's photos, e.g. mean best-of-n error over mean
+    all-gray error, so that photos weigh by their error rather than by their ratio.
+    """
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for record in records:
+        if record["category"] is not None:
+            groups[record["category"]].append(record)
+    if not groups:
+        return {}
+    groups = {**dict(sorted(groups.items())), "all": records}
+
+    def mean(group: list[dict], source: str, metric: str) -> float:
+        values = [record["truth_chroma"] if source == "truth" else record["scores"][source][metric] for record in group]
+        return sum(values) / len(values)
+
+    table = {}
+    for category, group in groups.items():
+        entry = {"photos": len(group), "gray_rmse": mean(group, "gray", "best_of_1_rmse")}
+        for header, (metric, reference) in CATEGORY_RATIOS.items():
+            denominator = mean(group, "truth" if reference == "truth" else "gray", reference)
+            entry[header] = mean(group, row, metric) / denominator if denominator > 0 else float("nan")
+        table[category] = entry
+    return table
+
+
+def category_markdown(records: list[dict], rows: list[str]) -> list[str]:
+    """report.md's per-category tables, one per model row; nothing when no photo has a category."""
+    lines = []
+    for row in rows:
+        table = by_category(records, row)
+        if not table:
+            return []
+        headers = ["category", "photos", "gray RMSE", *CATEGORY_RATIOS]
+        lines += [f"### {row}, by category (ratios of means over the category's photos)", "",
+                  "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]  # fmt: skip
+        for category, entry in table.items():
+            ratios = (f"{entry[header]:.2f}" for header in CATEGORY_RATIOS)
+            lines.append(f"| {category} | {entry['photos']} | {entry['gray_rmse']:.2f} | " + " | ".join(ratios) + " |")
+        lines.append("")
+    return lines
 
 
 def format_stats(stats: dict[str, float]) -> str:
     return f"{stats['mean']:.2f} [{stats['low']:.2f}, {stats['high']:.2f}]"
 
 
-def markdown_report(settings: dict, aggregates: dict, fid: dict) -> str:
+def markdown_report(settings: dict, aggregates: dict, fid: dict, categories: list[str] = ()) -> str:
     """report.md: settings, one table row per model temperature and baseline, definitions."""
     has_fid = "skipped" not in fid
     headers = ["", *(header for header, _ in METRICS.values()), "NLL (bits/dim)"] + (["FID"] if has_fid else [])
@@ -149,7 +216,12 @@ def markdown_report(settings: dict, aggregates: dict, fid: dict) -> str:
         nll = format_stats(aggregates["nll_bits_per_dim"]) if row.startswith("model@") else "—"
         cells = [row, *(format_stats(values[metric]) for metric in METRICS), nll]
         lines.append("| " + " | ".join(cells + ([f"{fid[row]:.2f}"] if has_fid else [])) + " |")
-    truth = ["ground truth"] + ["—"] * (len(METRICS) - 2) + [format_stats(aggregates["truth_colourfulness"]), "—", "—"]
+    truth_values = {"chroma": "truth_chroma", "colourfulness": "truth_colourfulness"}
+    truth = (
+        ["ground truth"]
+        + [format_stats(aggregates[truth_values[metric]]) if metric in truth_values else "—" for metric in METRICS]
+        + ["—"]
+    )
     lines.append("| " + " | ".join(truth + (["—"] if has_fid else [])) + " |")
     definitions = [f"- **{header}**: {definition}." for header, definition in METRICS.values()]
     fid_note = (
@@ -164,6 +236,7 @@ def markdown_report(settings: dict, aggregates: dict, fid: dict) -> str:
         "Lab units of ab; the baselines are one deterministic prediction (n = 1, no diversity). NLL: exact "
         "negative log-likelihood of the true ab (normalised units) under the model.", "",
         *lines, "",
+        *categories,
         *definitions,
         f"- **regression baseline**: {settings['regression_baseline']}.",
         f"- **FID**: {fid_note}.", "",
@@ -227,10 +300,18 @@ def write_report(out: Path, settings: dict, collector: ReportCollector) -> None:
     settings = {**settings, "num_images": len(collector.records)}
     aggregates = aggregate(collector.records, settings["seed"])
     fid = collector.fid()
-    document = {"settings": settings, "aggregates": aggregates, "fid": fid, "per_image": collector.records}
-    (out / "metrics.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    (out / "report.md").write_text(markdown_report(settings, aggregates, fid), encoding="utf-8")
     model_rows = [row_name(temperature) for temperature in settings["temperatures"]]
+    categories = {row: by_category(collector.records, row) for row in model_rows}
+    document = {
+        "settings": settings,
+        "aggregates": aggregates,
+        "by_category": {row: table for row, table in categories.items() if table},
+        "fid": fid,
+        "per_image": collector.records,
+    }
+    (out / "metrics.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+    category_lines = category_markdown(collector.records, model_rows)
+    (out / "report.md").write_text(markdown_report(settings, aggregates, fid, category_lines), encoding="utf-8")
     if collector.sheet:
         contact_sheet(collector.sheet, model_rows).save(out / "contact_sheet.png")
     else:  # --sheet-images 0: no sheet, and none left over from an overwritten report

@@ -26,7 +26,8 @@ from pipelines.evaluation_report import REPORT_FILES
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = {
     "best_of_n_rmse_per_image", "best_of_n_rmse_per_pixel", "best_of_1_rmse", "mean_of_samples_rmse",
-    "sample_variance", "pairwise_rmse", "colourfulness", "histogram_distance",
+    "sample_variance", "pairwise_rmse", "colourfulness", "histogram_distance", "mean_sample_rmse", "cast_error",
+    "local_error", "chroma",
 }  # fmt: skip
 
 
@@ -138,3 +139,30 @@ def test_user_errors_are_one_line(tmp_path, photo_folder, capsys, monkeypatch):
         InceptionFeatures(bad)
     with pytest.raises(FileNotFoundError, match="do not exist"):
         InceptionFeatures(tmp_path / "missing.pt")
+
+
+def test_per_category_table(tmp_path, release, photo_folder):
+    data = tmp_path / "photos"
+    shutil.copytree(photo_folder, data)
+    names = sorted(path.name for path in data.iterdir())
+    lines = [f"{name}\t{'animals' if index % 3 else 'people'}" for index, name in enumerate(names[:6])]
+    (data / evaluate.CATEGORIES_FILE).write_text("# file<TAB>category\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "report"
+    arguments = ["--model", str(release), "--data", str(data), "--out", str(out), "--limit", "6", "--n", "2"]
+    assert evaluate.main([*arguments, "--temperatures", "0.7"]) == 0
+    report = json.loads((out / "metrics.json").read_text())
+    table = report["by_category"]["model@0.7"]
+    assert list(table) == ["animals", "people", "all"]
+    assert (table["animals"]["photos"], table["people"]["photos"], table["all"]["photos"]) == (4, 2, 6)
+    people = [record for record in report["per_image"] if record["category"] == "people"]
+    assert sorted(Path(record["path"]).name for record in people) == [names[0], names[3]]
+    model = sum(record["scores"]["model@0.7"]["best_of_n_rmse_per_image"] for record in people)
+    gray = sum(record["scores"]["gray"]["best_of_1_rmse"] for record in people)
+    assert table["people"]["best-of-n / gray"] == pytest.approx(model / gray)
+    chroma = sum(record["scores"]["model@0.7"]["chroma"] for record in people)
+    truth = sum(record["truth_chroma"] for record in people)
+    assert table["people"]["chroma / true"] == pytest.approx(chroma / truth)
+    assert "| people | 2 |" in (out / "report.md").read_text()
+
+    (data / evaluate.CATEGORIES_FILE).write_text("photo_00.png animals\n")
+    assert evaluate.main([*arguments, "--overwrite"]) == 2  # a malformed line is a one-line error

@@ -158,3 +158,36 @@ def test_frechet_distance_matches_the_sqrtm_formula(count):
     difference = features.mean(axis=0) - reference.mean(axis=0)
     expected = difference @ difference + np.trace(covariance + reference_covariance - 2 * root)
     assert metrics.frechet_distance(features, reference) == pytest.approx(expected, rel=1e-6)
+
+
+def test_cast_and_local_error_on_a_tinted_copy():
+    """A sample that is the truth plus one tint (3, -4) everywhere: cast 5, local 0, RMSE 5."""
+    _, truth = random_samples(batch=2)
+    tinted = (truth + torch.tensor([3.0, -4.0], dtype=truth.dtype)[:, None, None])[:, None]
+    torch.testing.assert_close(metrics.cast_error(tinted, truth), torch.full((2,), 5.0, dtype=truth.dtype))
+    torch.testing.assert_close(metrics.local_error(tinted, truth), torch.zeros(2, dtype=truth.dtype))
+    torch.testing.assert_close(metrics.mean_sample_rmse(tinted, truth), torch.full((2,), 5.0, dtype=truth.dtype))
+
+
+def test_gray_cast_error_is_the_norm_of_the_mean_colour():
+    truth = torch.zeros(2, 2, 3)
+    truth[0, :, 0], truth[1, :, 1] = 6.0, 24.0  # a = 2, b = 8 on average
+    gray = torch.zeros(1, 2, 2, 3)
+    assert metrics.cast_error(gray, truth).item() == pytest.approx(68**0.5)
+    # What is left is the spread around the mean: a is 6 - 2 on 2 pixels and -2 on 4, b likewise.
+    expected = ((16 * 2 + 4 * 4) / 6 + (256 * 2 + 64 * 4) / 6) ** 0.5
+    assert metrics.local_error(gray, truth).item() == pytest.approx(expected)
+
+
+def test_cast_and_local_error_split_every_samples_squared_error():
+    samples, truth = random_samples(count=1)
+    total = metrics.rmse(samples[:, 0], truth)
+    parts = metrics.cast_error(samples, truth) ** 2 + metrics.local_error(samples, truth) ** 2
+    torch.testing.assert_close(parts, total**2)
+
+
+def test_mean_sample_rmse_averages_the_per_sample_errors():
+    truth = torch.zeros(2, 1, 1)
+    samples = torch.tensor([[[[3.0]], [[4.0]]], [[[0.0]], [[1.0]]]])  # errors 5 and 1
+    assert metrics.mean_sample_rmse(samples, truth).item() == pytest.approx(3.0)
+    assert metrics.mean_chroma(samples).tolist() == pytest.approx([5.0, 1.0])

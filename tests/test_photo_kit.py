@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.make_photo_kit import DEFAULT_LIST, main, qt_resources, read_kit_list
+from pipelines.archives import qt_resources
+from pipelines.make_photo_kit import CATEGORIES, DEFAULT_LIST, main, read_kit_list
 
 
 def test_the_shipped_kit_list_is_sound():
@@ -132,9 +133,100 @@ def test_missing_photo_and_existing_kit_are_clear_errors(tmp_path):
 
 
 def test_bad_list_lines_are_rejected(tmp_path):
-    bad = write_list(tmp_path / "bad.txt", [("skimage", "chelsea", "test")])
+    bad = write_list(tmp_path / "bad.txt", [("skimage", "chelsea", "holdout")])
     with pytest.raises(SystemExit, match=r"bad.txt:2: expected"):
         main(["--out", str(tmp_path / "kit"), "--list", str(bad)])
+    for row, message in (
+        (("skimage", "chelsea", "test"), "a test photo needs a category"),
+        (("skimage", "chelsea", "test", "cats"), "unknown category 'cats'"),
+        (("skimage", "__class__", "train"), "is not the name of a skimage.data photo"),
+        (("some-data", "usr/share/../../etc/passwd", "train"), "without '..'"),
+        (("some-data", "/etc/passwd", "train"), "must be a relative path"),
+        (("pypi:numpy", "numpy.whl!a.png", "train"), "is 'pypi:NAME==VERSION'"),
+    ):
+        with pytest.raises(SystemExit, match=message):
+            main(["--out", str(tmp_path / "kit"), "--list", str(write_list(tmp_path / "bad.txt", [row]))])
     clash = write_list(tmp_path / "clash.txt", [("skimage", "chelsea", "train"), ("skimage", "chelsea", "val")])
     with pytest.raises(SystemExit, match="skimage__chelsea.png"):
         main(["--out", str(tmp_path / "kit"), "--list", str(clash)])
+
+
+def jpeg_bytes(colour, size=(48, 32)):
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def write_eet(path, entries):
+    """An Eet version-2 file; ``entries`` are (name, stored bytes, flags, uncompressed size)."""
+    header_size = 12 + 24 * len(entries)
+    names = b"".join(name.encode() + b"\0" for name, *_ in entries)
+    directory, payload = b"", b""
+    name_offset, data_offset = header_size, header_size + len(names)
+    for name, stored, flags, full_size in entries:
+        directory += struct.pack(">6i", data_offset + len(payload), len(stored), full_size, name_offset,
+                                 len(name) + 1, flags)  # fmt: skip
+        name_offset += len(name) + 1
+        payload += stored
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(struct.pack(">Iii", 0x1EE70F42, len(entries), 0) + directory + names + payload)
+
+
+def test_photos_inside_an_enlightenment_eet_file(tmp_path):
+    plain, packed, with_alpha = jpeg_bytes((200, 40, 40)), jpeg_bytes((40, 200, 40)), jpeg_bytes((40, 40, 200))
+    alpha_header = struct.pack("<III", 0xBEEFF00D, len(with_alpha), 3) + with_alpha + b"\xff\xd8\xff"
+    write_eet(tmp_path / "tree/usr/share/e/backgrounds/Dunes.edj", [
+        ("edje/images/0", plain, 0, len(plain)),
+        ("edje/images/1", zlib.compress(packed), 1 | (6 << 3), len(packed)),  # zlib, level 6
+        ("edje/images/2", alpha_header, 0, len(alpha_header)),
+        ("edje/images/3", b"edje/images/0\0", 4, 14),  # an alias: skipped
+        ("edje/collections/0", b"not an image", 0, 12),
+    ])  # fmt: skip
+    rows = [
+        ("enlightenment-data", f"usr/share/e/backgrounds/Dunes.edj!edje/images/{number}.jpg", split)
+        for number, split in ((0, "train"), (1, "val"), (2, "train"))
+    ]
+    main(["--out", str(tmp_path / "kit"), "--sources", str(tmp_path / "tree"), "--list",
+          str(write_list(tmp_path / "kit.txt", rows))])  # fmt: skip
+    assert (tmp_path / "kit/train/enlightenment__Dunes-0.jpg").read_bytes() == plain
+    assert (tmp_path / "kit/val/enlightenment__Dunes-1.jpg").read_bytes() == packed
+    assert (tmp_path / "kit/train/enlightenment__Dunes-2.jpg").read_bytes() == with_alpha
+    alias = write_list(tmp_path / "alias.txt", [("enlightenment-data", rows[0][1].replace("/0.", "/3."), "train")])
+    with pytest.raises(SystemExit, match="1 listed photo"):
+        main(["--out", str(tmp_path / "kit2"), "--sources", str(tmp_path / "tree"), "--list", str(alias)])
+    (tmp_path / "tree/cut.edj").write_bytes((tmp_path / "tree/usr/share/e/backgrounds/Dunes.edj").read_bytes()[:80])
+    cut = write_list(tmp_path / "cut.txt", [("enlightenment-data", "cut.edj!edje/images/0.jpg", "train")])
+    with pytest.raises(SystemExit, match="damaged or unsupported Eet file"):
+        main(["--out", str(tmp_path / "kit3"), "--sources", str(tmp_path / "tree"), "--list", str(cut)])
+
+
+def test_registry_packages_test_split_and_categories(tmp_path):
+    import tarfile
+    import zipfile
+
+    wheel = tmp_path / "tree/pypi/photos-1.0-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("photos/images/kitchen.jpg", jpeg_bytes((180, 150, 120)))
+    tarball = tmp_path / "tree/npm/street-pics-2.0.0.tgz"
+    tarball.parent.mkdir(parents=True)
+    with tarfile.open(tarball, "w:gz") as archive:
+        data = png_bytes((90, 90, 95))
+        info = tarfile.TarInfo("package/img/bus.png")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    rows = [
+        ("pypi:photos==1.0", "photos-1.0-py3-none-any.whl!photos/images/kitchen.jpg", "test", "interiors"),
+        ("npm:street-pics@2.0.0", "street-pics-2.0.0.tgz!package/img/bus.png", "test", "vehicles"),
+        ("skimage", "chelsea", "train", "animals"),
+    ]
+    out = tmp_path / "kit"
+    main(["--out", str(out), "--sources", str(tmp_path / "tree"), "--list", str(write_list(tmp_path / "k.txt", rows))])
+    assert Image.open(out / "test/photos__kitchen.jpg").size == (48, 32)
+    assert Image.open(out / "test/street__bus.png").getpixel((0, 0)) == (90, 90, 95)
+    lines = (out / "test/categories.tsv").read_text().splitlines()
+    assert lines[1:] == ["photos__kitchen.jpg\tinteriors", "street__bus.png\tvehicles"]
+    assert (out / "train/categories.tsv").read_text().splitlines()[1:] == ["skimage__chelsea.png\tanimals"]
+    assert "test/photos__kitchen.jpg\tinteriors\tpypi:photos==1.0\t" in (out / "sources.tsv").read_text()
+    assert not [path for path in out.iterdir() if path.name.startswith(".kit-")]  # no staging folder left
+    assert set(CATEGORIES) >= {"people", "interiors", "streets", "vehicles", "animals", "plants", "landscapes"}
