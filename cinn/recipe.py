@@ -74,12 +74,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Pretraining the conditioning net as a deterministic colorizer (classification over ab bins)."""
+    """Pretraining the conditioning net as a deterministic colorizer (classification over ab bins).
+
+    Attributes:
+        rebalance_mix: lambda of Zhang et al.'s class rebalancing, the uniform distribution's share
+            (0.5 in the paper; 1 weighs every colour alike, i.e. no rebalancing).
+        regression_weight: weight of the squared error of the predicted mean colour beside the
+            cross-entropy (``ColorizationHead.loss``); 0 for the paper's pure classification.
+        baseline_temperature: annealed-mean temperature of the deterministic baseline (0.38 in
+            Zhang et al.; 1 is the plain mean, the least-squares prediction).
+    """
 
     steps: int = 2000
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-5
+    rebalance_mix: float = 0.5
+    regression_weight: float = 0.0
+    baseline_temperature: float = 0.38
     head_hidden_channels: int = 64
     bin_count_batches: int = 20
     log_every: int = 20

@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cinn.color import AB_SCALE
 from conditioning_nets.base import ConditioningNet, conv_block
 from conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE, AbQuantizer, rebalancing_weights
+
+BIN_SPACING = 10.0  # Lab units; the unit of the regression term (``AbQuantizer``'s default grid)
 
 
 def resize_ab(ab: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -98,14 +101,27 @@ class ColorizationHead(nn.Module):
         weights = rebalancing_weights(self.bin_counts, self.quantizer.centers, mix=mix, sigma=sigma)
         self.class_weights.copy_(weights)
 
-    def loss(self, logits: torch.Tensor, ab_target: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Class-rebalanced soft-target cross-entropy (Zhang et al. 2016, Eq. 2), mean over pixels.
+    def loss(
+        self,
+        logits: torch.Tensor,
+        ab_target: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        regression_weight: float = 0.0,
+    ) -> torch.Tensor:
+        """Class-rebalanced soft-target cross-entropy (Zhang et al. 2016, Eq. 2), mean over pixels,
+        plus ``regression_weight`` times the squared error of the predicted mean colour.
+
+        The mean of the bin distribution is the prediction that minimises the squared ab error; its
+        loss term ties the distribution's centre to the true colour, where the cross-entropy alone
+        (above all with rebalancing) rewards saturated guesses.
 
         Args:
             logits: (B, Q, h, w).
             ab_target: (B, 2, H, W) normalised ab, resized to (h, w) here.
             weights: (Q,) per-bin weights; the ``class_weights`` buffer if None (all ones until
                 ``set_bin_counts`` is called).
+            regression_weight: weight of the mean's squared error, measured in units of the bin
+                spacing (10 Lab units), summed over a and b and averaged over pixels.
 
         Returns:
             Scalar loss.
@@ -117,7 +133,12 @@ class ColorizationHead(nn.Module):
         log_probabilities = torch.log_softmax(logits.float(), dim=1)
         cross_entropy = -(log_probabilities.gather(1, indices) * target_weights).sum(dim=1)
         # Each pixel is weighted by the class of its nearest bin, v(Z) = w[argmax Z] in Zhang (Eq. 3).
-        return (weights[indices[:, 0]] * cross_entropy).mean()
+        loss = (weights[indices[:, 0]] * cross_entropy).mean()
+        if regression_weight:
+            mean = torch.einsum("bqhw,qc->bchw", log_probabilities.exp(), self.quantizer.centers)
+            squared = ((mean - ab.float()) * (AB_SCALE / BIN_SPACING)).pow(2).sum(dim=1)
+            loss = loss + regression_weight * squared.mean()
+        return loss
 
     def predict_ab(self, features: list[torch.Tensor], temperature: float = ANNEALED_MEAN_TEMPERATURE) -> torch.Tensor:
         """features (as ``forward``) -> annealed-mean ab (B, 2, H_0, W_0), normalised."""
@@ -131,12 +152,18 @@ class PretrainingModel(nn.Module):
         backbone: the conditioning net to pretrain; ``model.backbone`` is then reused by the flow.
         hidden_channels: width of the head.
         quantizer: the ab bins; a default ``AbQuantizer()`` if None.
+        prediction_temperature: default annealed-mean temperature of ``predict_ab``.
     """
 
     def __init__(
-        self, backbone: ConditioningNet, hidden_channels: int = 64, quantizer: AbQuantizer | None = None
+        self,
+        backbone: ConditioningNet,
+        hidden_channels: int = 64,
+        quantizer: AbQuantizer | None = None,
+        prediction_temperature: float = ANNEALED_MEAN_TEMPERATURE,
     ) -> None:
         super().__init__()
+        self.prediction_temperature = prediction_temperature
         self.backbone = backbone
         self.head = ColorizationHead(backbone.out_channels, backbone.global_channels, hidden_channels, quantizer)
 
@@ -144,27 +171,28 @@ class PretrainingModel(nn.Module):
         """lightness: (B, 1, H, W) normalised -> logits (B, Q, H / strides[0], W / strides[0])."""
         return self.head(self.backbone(lightness))
 
-    def loss(self, lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-        """Rebalanced cross-entropy of lightness (B, 1, H, W) against ab (B, 2, H', W'), both normalised."""
-        return self.head.loss(self(lightness), ab)
+    def loss(self, lightness: torch.Tensor, ab: torch.Tensor, regression_weight: float = 0.0) -> torch.Tensor:
+        """``ColorizationHead.loss`` of lightness (B, 1, H, W) against ab (B, 2, H', W'), both normalised."""
+        return self.head.loss(self(lightness), ab, regression_weight=regression_weight)
 
     @torch.no_grad()
     def predict_ab(
         self,
         lightness: torch.Tensor,
         out_size: tuple[int, int] | None = None,
-        temperature: float = ANNEALED_MEAN_TEMPERATURE,
+        temperature: float | None = None,
     ) -> torch.Tensor:
         """Deterministic colorization.
 
         Args:
             lightness: (B, 1, H, W) normalised.
             out_size: (height, width) to upsample to (bilinear); the finest map's size if None.
-            temperature: annealed-mean temperature.
+            temperature: annealed-mean temperature; ``prediction_temperature`` if None.
 
         Returns:
             ab: (B, 2, *out_size) normalised.
         """
+        temperature = self.prediction_temperature if temperature is None else temperature
         ab = self.head.quantizer.decode_annealed_mean(self(lightness), temperature)
         if out_size is not None:
             ab = F.interpolate(ab, size=out_size, mode="bilinear", align_corners=False)

@@ -43,6 +43,7 @@ from cinn.images import ImageLoadError, list_images, load_rgb
 from cinn.inference import prepare_photo, recombine, to_pil
 from cinn.training import resolve_device, validation_loader
 from conditioning_nets import PretrainingModel
+from conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE
 from pipelines.cli import documented_parser, user_errors_exit
 from pipelines.evaluation_report import ImageResult, ReportCollector, check_report_directory, row_name, write_report
 
@@ -84,7 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_regression_baseline(directory: Path, model: Colorizer, device: torch.device) -> PretrainingModel | None:
-    """The release's pretrained conditioning net + colorization head, or None if it ships none."""
+    """The release's pretrained conditioning net + colorization head, or None if it ships none.
+
+    Its ``predict_ab`` decodes with the annealed-mean temperature the pretraining chose (metadata
+    ``baseline_temperature``; Zhang et al.'s 0.38 for baselines written before it was recorded).
+    """
     path = directory / BASELINE_FILE
     if not path.is_file():
         return None
@@ -93,7 +98,8 @@ def load_regression_baseline(directory: Path, model: Colorizer, device: torch.de
     if "head_hidden_channels" not in metadata:
         raise ValueError(f"'{path}' lacks the 'head_hidden_channels' metadata written by pretrain_condnet.py.")
     hidden_channels = int(json.loads(metadata["head_hidden_channels"]))
-    baseline = PretrainingModel(conditioning_net_for(model.config), hidden_channels=hidden_channels)
+    temperature = float(json.loads(metadata.get("baseline_temperature", str(ANNEALED_MEAN_TEMPERATURE))))
+    baseline = PretrainingModel(conditioning_net_for(model.config), hidden_channels, prediction_temperature=temperature)
     baseline.load_state_dict(load_file(path))
     return baseline.to(device).eval()
 

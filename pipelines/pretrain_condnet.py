@@ -26,6 +26,7 @@ from tqdm import tqdm
 from cinn.color import AB_SCALE
 from cinn.colorizer import conditioning_net_for
 from cinn.data import ColorizationDataset
+from cinn.recipe import PretrainConfig
 from cinn.training import (
     ResumableSampler,
     atomic_save,
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 @torch.no_grad()
-def validate(model: PretrainingModel, loader, device: torch.device) -> dict[str, float]:
+def validate(model: PretrainingModel, loader, device: torch.device, settings: PretrainConfig) -> dict[str, float]:
     """Validation loss and ab RMSE in Lab units of the prediction and of the all-gray baseline."""
     model.eval()
     loss_sum, squared, gray_squared, pixels, batches = 0.0, 0.0, 0.0, 0, 0
@@ -61,7 +62,7 @@ def validate(model: PretrainingModel, loader, device: torch.device) -> dict[str,
         if not batch["path"]:
             continue
         lightness, ab = batch["lightness"].to(device), batch["ab"].to(device)
-        loss_sum, batches = loss_sum + model.loss(lightness, ab).item(), batches + 1
+        loss_sum, batches = loss_sum + model.loss(lightness, ab, settings.regression_weight).item(), batches + 1
         predicted = model.predict_ab(lightness, out_size=tuple(ab.shape[2:]))
         squared += ((predicted - ab) * AB_SCALE).pow(2).sum().item()
         gray_squared += (ab * AB_SCALE).pow(2).sum().item()
@@ -74,8 +75,11 @@ def validate(model: PretrainingModel, loader, device: torch.device) -> dict[str,
     }
 
 
-def export(model: PretrainingModel, out: Path, head_hidden_channels: int) -> None:
-    metadata = {"head_hidden_channels": json.dumps(head_hidden_channels)}
+def export(model: PretrainingModel, out: Path, settings: PretrainConfig) -> None:
+    metadata = {
+        "head_hidden_channels": json.dumps(settings.head_hidden_channels),
+        "baseline_temperature": json.dumps(settings.baseline_temperature),
+    }
     save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, out / "backbone.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "baseline.safetensors", metadata)
 
@@ -90,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     train_set = ColorizationDataset(run.train, train=True, config=dataset_config)
     val_loader = validation_loader(ColorizationDataset(run.val, train=False, config=dataset_config), 32, 0)
 
-    model = PretrainingModel(conditioning_net_for(recipe.model), settings.head_hidden_channels).to(device)
+    backbone, temperature = conditioning_net_for(recipe.model), settings.baseline_temperature
+    model = PretrainingModel(backbone, settings.head_hidden_channels, prediction_temperature=temperature).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     step = 0
     if args.resume:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             ResumableSampler(len(train_set), settings.seed + 1),
         )
         counts = accumulate_bin_counts(model.head.quantizer, (b["ab"] for b in counting), settings.bin_count_batches)
-        model.head.set_bin_counts(counts.to(device))
+        model.head.set_bin_counts(counts.to(device), mix=settings.rebalance_mix)
     sampler = ResumableSampler(len(train_set), settings.seed, step * settings.batch_size)
     batches = iter(training_loader(train_set, settings.batch_size, recipe.data.num_workers, sampler))
 
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch = next(batches)
                 if not batch["path"]:
                     continue
-                loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device))
+                loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device), settings.regression_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                     bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
                     writer.add_scalar("train/loss", loss.item(), step)
                 if step % settings.val_every == 0 or step == settings.steps:
-                    metrics = validate(model, val_loader, device)
+                    metrics = validate(model, val_loader, device, settings)
                     for name, value in metrics.items():
                         writer.add_scalar(name, value, step)
                     tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
@@ -157,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.close()
             writer.close()
 
-    export(model, args.out, settings.head_hidden_channels)
+    export(model, args.out, settings)
     print(f"backbone written to {args.out / 'backbone.safetensors'}")
     return 0
 

@@ -172,6 +172,19 @@ def test_sparse_loss_equals_dense_rebalanced_cross_entropy() -> None:
     torch.testing.assert_close(model.head.loss(logits, ab, weights), rebalanced)
 
 
+def test_regression_term_is_the_squared_error_of_the_mean_colour() -> None:
+    torch.manual_seed(0)
+    model = PretrainingModel(build_conditioning_net("small", num_levels=2, width=8))
+    lightness, ab = torch.randn(2, 1, 16, 16), torch.rand(2, 2, 16, 16) * 0.6 - 0.3
+    logits = model(lightness)
+    probabilities = torch.softmax(logits, dim=1).permute(0, 2, 3, 1)  # (B, h, w, Q)
+    mean = (probabilities @ model.head.quantizer.centers).permute(0, 3, 1, 2) * AB_SCALE  # Lab units
+    truth = torch.nn.functional.avg_pool2d(ab, 2) * AB_SCALE
+    squared_error_in_bins = ((mean - truth) / 10).pow(2).sum(dim=1).mean()
+    plain = model.head.loss(logits, ab)
+    torch.testing.assert_close(model.head.loss(logits, ab, regression_weight=3.0), plain + 3 * squared_error_in_bins)
+
+
 def test_annealed_mean_interpolates_between_mean_and_mode() -> None:
     quantizer = AbQuantizer()
     logits = torch.full((1, quantizer.num_bins, 1, 1), -1e4)
