@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from cinn.images import IMAGE_EXTENSIONS
 from pipelines.archives import ArchiveError, has_member, read_member
 from pipelines.photo_sources import Source, SourceError, fetch_sources
 
@@ -72,12 +73,19 @@ class KitEntry:
         if member is not None:
             member_path = PurePosixPath(member)
             if self.source.kind == "debian":  # archives of a package: the archive's name tells them apart
-                return f"{prefix}__{PurePosixPath(archive).stem}-{member_path.stem}{member_path.suffix.lower()}"
-            return f"{prefix}__{member_path.stem}{member_path.suffix.lower()}"
+                return f"{prefix}__{PurePosixPath(archive).stem}-{member_path.stem}{self.suffix}"
+            return f"{prefix}__{member_path.stem}{self.suffix}"
         parts = PurePosixPath(self.path).parts
         # KDE wallpapers are <Name>/contents/images/<W>x<H>.jpg: the folder carries the name.
         stem = parts[parts.index("contents") - 1] if "contents" in parts[1:] else PurePosixPath(self.path).stem
-        return f"{prefix}__{stem}{PurePosixPath(self.path).suffix.lower()}"
+        return f"{prefix}__{stem}{self.suffix}"
+
+    @property
+    def suffix(self) -> str:
+        """The kit file's extension: the source's, or ``.png`` for a format the data reader does not
+        list (e.g. ``.mpo``, a stereo JPEG: its first frame is kept)."""
+        suffix = PurePosixPath(self.path.rpartition(ARCHIVE_SEPARATOR)[2]).suffix.lower()
+        return suffix if suffix in IMAGE_EXTENSIONS else ".png"
 
 
 def read_kit_list(list_file: Path) -> list[KitEntry]:
@@ -184,10 +192,8 @@ def build_kit(entries: list[KitEntry], tree: Path, out: Path, max_side: int | No
             destination = staging / entry.split / entry.flat_name
             if entry.source.kind == "skimage":
                 save_skimage_photo(entry.path, destination)
-            elif max_side is not None:
-                save_downscaled(read_source(entry, tree), destination, max_side)
             else:
-                copy_source(read_source(entry, tree), destination)
+                save_photo(read_source(entry, tree), destination, max_side, entry.suffix == entry_source_suffix(entry))
         for split in SPLITS:
             rows = [f"{entry.flat_name}\t{entry.category}\n" for entry in entries if entry.split == split]
             if all(entry.category for entry in entries if entry.split == split) and rows:
@@ -215,6 +221,10 @@ def entry_source_text(entry: KitEntry) -> str:
     )
 
 
+def entry_source_suffix(entry: KitEntry) -> str:
+    return PurePosixPath(entry.path.rpartition(ARCHIVE_SEPARATOR)[2]).suffix.lower()
+
+
 def copy_source(source: Path | bytes, destination: Path) -> None:
     """Write a photo unchanged: a file of the extracted tree, or bytes read out of an archive."""
     if isinstance(source, bytes):
@@ -223,19 +233,23 @@ def copy_source(source: Path | bytes, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def save_downscaled(source: Path | bytes, destination: Path, max_side: int) -> None:
-    """Save ``source`` upright with its longer side at most ``max_side`` (JPEG quality 95), or copy it.
+def save_photo(source: Path | bytes, destination: Path, max_side: int | None, same_format: bool) -> None:
+    """Copy ``source`` unchanged, or save it upright with its longer side at most ``max_side`` (JPEG
+    quality 95, WebP lossless, PNG) when it is larger or its format must change.
 
     Multi-megapixel, often progressive, JPEGs cost 0.1-0.4 s each to decode; a CPU smoke run on
-    64 px crops does not need them. WebP is saved lossless.
+    64 px crops does not need them.
     """
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-        if max(image.size) <= max_side:
+        if same_format and (max_side is None or max(image.size) <= max_side):
             copy_source(source, destination)
             return
+        max_side = max_side or max(image.size)
         image.draft(image.mode, (max_side, max_side))
         image = ImageOps.exif_transpose(image)
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        if destination.suffix in (".jpg", ".jpeg") and image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
         image.save(destination, **({"lossless": True} if destination.suffix == ".webp" else {"quality": 95}))
 
 
