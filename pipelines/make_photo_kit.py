@@ -64,8 +64,8 @@ class KitEntry:
     @property
     def flat_name(self) -> str:
         """``plasma__Kite.jpg`` for a KDE wallpaper, ``opencv__fruits.jpg``, ``skimage__coffee.png``,
-        ``gcompris__erase-gorilla.webp`` for a picture in GCompris's ``erase.rcc``, ``scikit__china.jpg``
-        for a photo in scikit-learn's wheel."""
+        ``gcompris__erase-gorilla.webp`` for a picture in GCompris's ``erase.rcc``, ``scikit__images-china.jpg``
+        for ``sklearn/datasets/images/china.jpg`` in scikit-learn's wheel."""
         prefix = self.source.short_name
         if self.source.kind == "skimage":
             return f"{prefix}__{self.path}.png"
@@ -74,7 +74,7 @@ class KitEntry:
             member_path = PurePosixPath(member)
             if self.source.kind == "debian":  # archives of a package: the archive's name tells them apart
                 return f"{prefix}__{PurePosixPath(archive).stem}-{member_path.stem}{self.suffix}"
-            return f"{prefix}__{member_path.stem}{self.suffix}"
+            return f"{prefix}__{member_path.parent.name}-{member_path.stem}{self.suffix}"
         parts = PurePosixPath(self.path).parts
         # KDE wallpapers are <Name>/contents/images/<W>x<H>.jpg: the folder carries the name.
         stem = parts[parts.index("contents") - 1] if "contents" in parts[1:] else PurePosixPath(self.path).stem

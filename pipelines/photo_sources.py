@@ -15,11 +15,12 @@ import hashlib
 import json
 import subprocess
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-PYPI_JSON = "https://pypi.org/pypi/{name}/{version}/json"
+PYPI_JSON = "https://pypi.org/pypi/{name}/json"  # every release and its files
 NPM_JSON = "https://registry.npmjs.org/{name}/{version}"
 TIMEOUT_SECONDS = 120
 
@@ -100,11 +101,12 @@ def fetch_debian(packages: list[str], tree: Path) -> None:
 
 def fetch_pypi(source: Source, file_name: str, folder: Path) -> Path:
     """Download one distribution file of a pinned PyPI release and check its SHA-256."""
-    release = read_json(PYPI_JSON.format(name=source.name, version=source.version))
-    matches = [entry for entry in release.get("urls", []) if entry["filename"] == file_name]
+    index = PYPI_JSON.format(name=source.name)
+    release = read_json(index).get("releases", {}).get(source.version, [])
+    matches = [entry for entry in release if entry["filename"] == file_name]
     if not matches:
         raise SourceError(f"PyPI release {source.name}=={source.version} has no file {file_name!r}")
-    data = download(matches[0]["url"])
+    data = download(urllib.parse.urljoin(index, matches[0]["url"]))  # a mirror may give relative links
     if hashlib.sha256(data).hexdigest() != matches[0]["digests"]["sha256"]:
         raise SourceError(f"{file_name} from PyPI does not match its published SHA-256")
     return write(folder / file_name, data)
@@ -112,8 +114,9 @@ def fetch_pypi(source: Source, file_name: str, folder: Path) -> Path:
 
 def fetch_npm(source: Source, folder: Path) -> Path:
     """Download a pinned npm package's tarball and check its published integrity hash."""
-    release = read_json(NPM_JSON.format(name=source.name, version=source.version))
-    data = download(release["dist"]["tarball"])
+    index = NPM_JSON.format(name=source.name, version=source.version)
+    release = read_json(index)
+    data = download(urllib.parse.urljoin(index, release["dist"]["tarball"]))
     algorithm, _, expected = release["dist"].get("integrity", "").partition("-")
     if algorithm not in ("sha512", "sha384", "sha256"):
         raise SourceError(f"npm package {source.name}@{source.version} publishes no usable integrity hash")

