@@ -174,9 +174,11 @@ def check_sources(entries: list[KitEntry], tree: Path) -> None:
     missing = [entry for entry in entries if not is_present(entry, tree)]
     if missing:
         first = missing[0]
+        archive, member = first.archive_and_member
+        where = f"'{tree / archive}' holds no '{member}'" if (tree / archive).is_file() else f"no '{tree / archive}'"
         raise KitError(
             f"{len(missing)} listed photo(s) missing, first: '{first.path}' of package {first.source.name} "
-            f"(list line {first.line_number}), looked for '{tree / first.archive_and_member[0]}'"
+            f"(list line {first.line_number}): {where}"
         )
 
 
@@ -195,8 +197,10 @@ def build_kit(entries: list[KitEntry], tree: Path, out: Path, max_side: int | No
             else:
                 save_photo(read_source(entry, tree), destination, max_side, entry.suffix == entry_source_suffix(entry))
         for split in SPLITS:
-            rows = [f"{entry.flat_name}\t{entry.category}\n" for entry in entries if entry.split == split]
-            if all(entry.category for entry in entries if entry.split == split) and rows:
+            rows = [
+                f"{entry.flat_name}\t{entry.category}\n" for entry in entries if entry.split == split and entry.category
+            ]
+            if rows:
                 header = "# photo<TAB>what it shows (read by pipelines/evaluate.py)\n"
                 (staging / split / CATEGORIES_FILE).write_text(header + "".join(rows), encoding="utf-8")
         rows = [

@@ -230,7 +230,7 @@ def test_registry_packages_test_split_and_categories(tmp_path):
     assert Image.open(out / "test/street__img-bus.png").getpixel((0, 0)) == (90, 90, 95)
     lines = (out / "test/categories.tsv").read_text().splitlines()
     assert lines[1:] == ["photos__images-kitchen.jpg\tinteriors", "street__img-bus.png\tvehicles"]
-    assert not (out / "train/categories.tsv").exists()  # one train photo has no category
+    assert (out / "train/categories.tsv").read_text().splitlines()[1:] == ["skimage__chelsea.png\tanimals"]
     # A format the data reader does not list (GIF here, MPO in the kit) is stored as PNG.
     assert Image.open(out / "train/photos__images-flag.png").convert("RGB").getpixel((5, 5)) == (200, 30, 30)
     assert "test/photos__images-kitchen.jpg\tinteriors\tpypi:photos==1.0\t" in (out / "sources.tsv").read_text()
