@@ -10,10 +10,12 @@ from conditioning_nets.base import ConditioningNet, level_strides
 from conditioning_nets.head import ColorizationHead, PretrainingModel
 from conditioning_nets.quantization import AbQuantizer, accumulate_bin_counts, rebalancing_weights
 from conditioning_nets.small import SmallConditioningNet
+from conditioning_nets.unet import UNetConditioningNet
 from conditioning_nets.vgg import VggConditioningNet
 
 REGISTRY: dict[str, type[ConditioningNet]] = {
     "small": SmallConditioningNet,
+    "unet": UNetConditioningNet,
     "vgg": VggConditioningNet,
 }
 
@@ -36,6 +38,7 @@ __all__ = [
     "ConditioningNet",
     "PretrainingModel",
     "SmallConditioningNet",
+    "UNetConditioningNet",
     "VggConditioningNet",
     "accumulate_bin_counts",
     "build_conditioning_net",

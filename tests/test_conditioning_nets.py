@@ -23,6 +23,9 @@ NETWORK_CASES = [
     ("small", {}, [(64, 64), (32, 48)]),
     ("small", {"num_levels": 3, "first_stride": 1, "global_channels": 16, "width": 8}, [(32, 32), (12, 8)]),
     ("small", {"num_levels": 1, "first_stride": 4, "blocks_per_level": 0}, [(8, 16)]),
+    ("unet", {}, [(64, 64), (32, 48)]),
+    ("unet", {"num_levels": 3, "first_stride": 4, "global_channels": 16, "width": 8}, [(64, 64), (48, 32)]),
+    ("unet", {"num_levels": 1, "first_stride": 2, "blocks_per_level": 0}, [(8, 16)]),
     ("vgg", {}, [(64, 64), (32, 96)]),
     ("vgg", {"num_levels": 2, "first_stride": 8, "global_channels": 0}, [(16, 32)]),
     ("vgg", {"num_levels": 5, "first_stride": 2, "level_channels": (8, 8, 16, 16, 32)}, [(32, 32)]),
@@ -30,7 +33,7 @@ NETWORK_CASES = [
 
 
 def test_registry_covers_every_network() -> None:
-    assert set(REGISTRY) == {"small", "vgg"}
+    assert set(REGISTRY) == {"small", "unet", "vgg"}
     assert {name for name, _, _ in NETWORK_CASES} == set(REGISTRY)
 
 
@@ -76,7 +79,7 @@ def test_wrong_channel_count_is_rejected() -> None:
 
 
 def test_unknown_name_lists_known_names() -> None:
-    with pytest.raises(ValueError, match="'resnet'.*small, vgg"):
+    with pytest.raises(ValueError, match="'resnet'.*small, unet, vgg"):
         build_conditioning_net("resnet")
 
 
@@ -224,6 +227,7 @@ def test_pretraining_reduces_loss_and_predicts_ab() -> None:
     ("name", "kwargs", "size"),
     [
         ("small", {"global_channels": 8}, 32),
+        ("unet", {"global_channels": 8}, 32),
         ("vgg", {"level_channels": (8, 8, 8, 8), "global_channels": 8}, 32),
     ],
 )
@@ -237,3 +241,21 @@ def test_gradients_reach_every_parameter(name: str, kwargs: dict, size: int) -> 
         if parameter.grad is None or not parameter.grad.abs().sum() > 0
     ]
     assert not missing
+
+
+def test_unet_finest_map_sees_the_whole_photo() -> None:
+    """A change in one corner of the photo reaches the opposite corner of the finest map through the
+    encoder-decoder's context; in the small net only through GroupNorm's per-image statistics (its
+    finest map sees ~13 pixels), so the far response relative to the near one is far weaker."""
+
+    def far_to_near_response(name: str) -> float:
+        torch.manual_seed(0)
+        net = build_conditioning_net(name).eval()
+        lightness = torch.randn(1, 1, 64, 64)
+        changed = lightness.clone()
+        changed[..., :8, :8] = -lightness[..., :8, :8]
+        with torch.no_grad():
+            difference = (net(lightness)[0] - net(changed)[0]).abs()
+        return (difference[..., -4:, -4:].mean() / difference[..., :4, :4].mean()).item()
+
+    assert far_to_near_response("unet") > 10 * far_to_near_response("small")
