@@ -233,9 +233,12 @@ def evaluate_photo(
     if baseline is not None:
         outputs["regression"] = recombine(baseline.predict_ab(lightness), full_lightness, None)
     truth_lab = lab_of([image])
-    scores = {
-        row: score(lab_of(images)[None, :, 1:], truth_lab[:, 1:], truth_lab[:, :1]) for row, images in outputs.items()
-    }
+    scores = {}
+    for row, images in outputs.items():
+        lab = lab_of(images)
+        scores[row] = score(lab[None, :, 1:], truth_lab[:, 1:], truth_lab[:, :1])
+        # The delivered images must keep the photo's own lightness (up to 8-bit rounding).
+        scores[row]["lightness_change"] = (lab[:, :1] - truth_lab[:, :1]).abs().mean()[None]
     return ImageResult(
         path=path,
         nll_bits_per_dim=nll,

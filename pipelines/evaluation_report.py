@@ -35,6 +35,7 @@ METRICS = {
     "cast_error": ("cast error", "distance of a sample's mean ab from the photo's (one tint over the picture)"),
     "local_error": ("local error", "ab RMSE once sample and photo have their mean ab removed"),
     "chroma": ("chroma", "mean chroma sqrt(a^2 + b^2) of a sample"),
+    "lightness_change": ("L change", "mean |L of the delivered image - L of the photo| (full resolution only)"),
     "mean_of_samples_rmse": ("mean of samples", "ab RMSE of the per-pixel mean of the samples"),
     "sample_variance": ("variance", "variance of ab over samples (Lab units squared), a + b, mean over pixels"),
     "pairwise_rmse": ("pairwise RMSE", "mean ab RMSE between two different samples"),
@@ -210,20 +211,22 @@ def format_stats(stats: dict[str, float]) -> str:
 def markdown_report(settings: dict, aggregates: dict, fid: dict, categories: list[str] = ()) -> str:
     """report.md: settings, one table row per model temperature and baseline, definitions."""
     has_fid = "skipped" not in fid
-    headers = ["", *(header for header, _ in METRICS.values()), "NLL (bits/dim)"] + (["FID"] if has_fid else [])
+    measured = next(iter(aggregates["rows"].values()))
+    shown = {metric: METRICS[metric] for metric in METRICS if metric in measured}
+    headers = ["", *(header for header, _ in shown.values()), "NLL (bits/dim)"] + (["FID"] if has_fid else [])
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row, values in aggregates["rows"].items():
         nll = format_stats(aggregates["nll_bits_per_dim"]) if row.startswith("model@") else "—"
-        cells = [row, *(format_stats(values[metric]) for metric in METRICS), nll]
+        cells = [row, *(format_stats(values[metric]) for metric in shown), nll]
         lines.append("| " + " | ".join(cells + ([f"{fid[row]:.2f}"] if has_fid else [])) + " |")
     truth_values = {"chroma": "truth_chroma", "colourfulness": "truth_colourfulness"}
     truth = (
         ["ground truth"]
-        + [format_stats(aggregates[truth_values[metric]]) if metric in truth_values else "—" for metric in METRICS]
+        + [format_stats(aggregates[truth_values[metric]]) if metric in truth_values else "—" for metric in shown]
         + ["—"]
     )
     lines.append("| " + " | ".join(truth + (["—"] if has_fid else [])) + " |")
-    definitions = [f"- **{header}**: {definition}." for header, definition in METRICS.values()]
+    definitions = [f"- **{header}**: {definition}." for header, definition in shown.values()]
     fid_note = (
         "first sample per photo against the photos (Inception pool3)" if has_fid else f"skipped, {fid['skipped']}"
     )

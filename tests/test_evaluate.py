@@ -93,6 +93,7 @@ def test_report_files_and_numbers(tmp_path, release, photo_folder, capsys):
     table = (out / "report.md").read_text()
     for row in ("| model@0.5 |", "| model@1 |", "| gray |", "| regression |", "| ground truth |"):
         assert row in table
+    assert "L change" not in table  # measured on delivered full-size images only
     with Image.open(out / "contact_sheet.png") as sheet:  # 4 photos x 2 temperatures, 128 px tiles
         assert sheet.height >= 8 * 128 and sheet.width >= 6 * 128
     with Image.open(out / "temperature_plot.png") as plot:
@@ -125,6 +126,9 @@ def test_full_resolution_with_fid_and_no_baseline(tmp_path, release, photo_folde
     gray = report["per_image"][0]["scores"]["gray"]
     assert gray["best_of_1_rmse"] == pytest.approx(lab[:, 1:].pow(2).sum(dim=1).mean().sqrt().item(), abs=1.0)
     assert gray["colourfulness"] < 1.0
+    for row in ("model@0.7", "gray"):  # every delivered image keeps the photo's L, up to 8-bit rounding
+        assert 0 <= report["per_image"][0]["scores"][row]["lightness_change"] < 1.0
+    assert " L change |" in (out / "report.md").read_text()
 
 
 def test_user_errors_are_one_line(tmp_path, photo_folder, capsys, monkeypatch):
