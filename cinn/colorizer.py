@@ -64,7 +64,7 @@ class Colorizer(nn.Module):
         self,
         lightness: torch.Tensor,
         num_samples: int = 1,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Draws colorizations by inverting the flow from ``z ~ N(0, temperature^2 I)``.
@@ -74,6 +74,7 @@ class Colorizer(nn.Module):
         Args:
             lightness: (B, 1, Hl, Wl) normalised.
             num_samples: draws per image.
+            temperature: standard deviation of z; the model's default (``config.temperature``) if None.
 
         Returns:
             ab: (B, num_samples, 2, Ha, Wa) normalised.
@@ -85,7 +86,7 @@ class Colorizer(nn.Module):
         self,
         lightness: torch.Tensor,
         num_samples: int = 1,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         zs: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,6 +96,7 @@ class Colorizer(nn.Module):
         log|det d ab/dz|``. Pass ``zs`` (per-level, batch B * num_samples) to decode given latents.
         """
         batch = lightness.shape[0]
+        temperature = self.sampling_temperature(temperature)
         # One set of conditions serves all of an image's samples: the flow shares, never copies, it.
         conditions = self.conditions(lightness)
         if zs is None:
@@ -109,6 +111,13 @@ class Colorizer(nn.Module):
         height, width = (side * self.config.ab_size // self.config.lightness_size for side in lightness.shape[2:])
         return self.flow.latent_shapes(height, width)
 
+    def sampling_temperature(self, temperature: float | None) -> float:
+        """``temperature``, or the model's default if None; a negative or non-finite one is an error."""
+        temperature = self.config.temperature if temperature is None else temperature
+        if not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        return temperature
+
     @property
     def input_multiple(self) -> int:
         """Lightness sides must be multiples of this, for the conditioning net and the flow's levels."""
@@ -120,7 +129,7 @@ class Colorizer(nn.Module):
         self,
         image: Image.Image,
         num_samples: int = 8,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         working_side: int | None = None,
     ) -> Colorization:
@@ -133,6 +142,7 @@ class Colorizer(nn.Module):
         sample ``z = 0``, so only one image is returned.
         """
         device = next(self.parameters()).device
+        temperature = self.sampling_temperature(temperature)
         side = working_side or self.config.lightness_size
         full_lightness, lightness, ab_truth, alpha, has_colour = prepare_photo(image, side, self.input_multiple, device)
         num_samples = 1 if temperature == 0 else num_samples
@@ -148,7 +158,7 @@ class Colorizer(nn.Module):
         self,
         image: Image.Image,
         num_samples: int = 8,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
     ) -> list[Image.Image]:
         """``num_samples`` different colorizations of a PIL photo at its full resolution."""
@@ -159,12 +169,15 @@ class Colorizer(nn.Module):
         self,
         image: Image.Image,
         num_frames: int = 8,
-        temperature: float = 0.7,
+        temperature: float | None = None,
         generator: torch.Generator | None = None,
         working_side: int | None = None,
     ) -> list[Image.Image]:
-        """Colorizations along a path in latent space between two random samples."""
+        """Colorizations along a path in latent space between two random samples (temperature > 0)."""
         device = next(self.parameters()).device
+        temperature = self.sampling_temperature(temperature)
+        if temperature == 0:
+            raise ValueError("a latent path needs a temperature above 0: at 0 every sample is the same")
         full_lightness, lightness, _, alpha, _ = prepare_photo(
             image, working_side or self.config.lightness_size, self.input_multiple, device
         )

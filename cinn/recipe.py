@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,8 @@ class ModelConfig:
         lightness_size: side of the lightness the conditioning net sees.
         ab_size: side of the ab the flow models; ``lightness_size`` must be a multiple of it.
         flow: the conditional Glow's shape.
+        temperature: the model's default sampling temperature, chosen on validation photos (Glow's
+            0.7 unless measured otherwise); a per-model choice, so the release carries it.
     """
 
     conditioning_net: str = "small"
@@ -27,8 +30,11 @@ class ModelConfig:
     lightness_size: int = 64
     ab_size: int = 32
     flow: GlowConfig = field(default_factory=GlowConfig)
+    temperature: float = 0.7
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.lightness_size % self.ab_size:
             raise ValueError(f"lightness_size {self.lightness_size} must be a multiple of ab_size {self.ab_size}")
         if self.ab_size % 2 ** (self.flow.num_levels - 1):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from cinn import DEFAULT_MODEL, DEFAULT_TEMPERATURE
+from cinn import DEFAULT_MODEL
 from cinn.colorizer import Colorizer
 from cinn.images import ImageLoadError, load_rgb_and_alpha
 from cinn.training import resolve_device
@@ -214,7 +214,7 @@ class ColorizerApp:
                         1, self.limits.max_samples, value=4, step=1, label="Samples", elem_id="samples"
                     )
                     temperature = gr.Slider(
-                        0, MAX_TEMPERATURE, value=DEFAULT_TEMPERATURE, step=0.05, label="Temperature",
+                        0, MAX_TEMPERATURE, value=self.model.config.temperature, step=0.05, label="Temperature",
                         elem_id="temperature",
                         info="0 gives the single most likely colorization; higher is more varied",
                     )  # fmt: skip

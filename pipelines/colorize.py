@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from cinn import DEFAULT_MODEL, DEFAULT_TEMPERATURE
+from cinn import DEFAULT_MODEL
 from cinn.colorizer import Colorizer
 from cinn.images import IMAGE_EXTENSIONS, ImageLoadError, load_rgb_and_alpha
 from cinn.training import resolve_device
@@ -35,9 +35,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--n", type=int, default=8, help="colorizations per photo (default 8)")
     parser.add_argument(
-        "--temperature", type=float, default=DEFAULT_TEMPERATURE,
-        help=f"sampling temperature: 0 gives one deterministic result, higher is more varied "
-        f"(default {DEFAULT_TEMPERATURE})",
+        "--temperature", type=float, default=None,
+        help="sampling temperature: 0 gives one deterministic result, higher is more varied "
+        "(default: the model's own, chosen on its validation photos)",
     )  # fmt: skip
     parser.add_argument("--seed", type=int, default=None, help="make the samples reproducible")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model release directory (default: shipped)")
@@ -113,7 +113,7 @@ def with_alpha(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
 def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> None:
     """Colorizes one file into ``args.out``; raises ImageLoadError / FileExistsError for this input."""
     targets = [args.out / f"{name}_color_{index:02d}.png" for index in range(1, args.n + 1)]
-    if args.temperature == 0:
+    if model.sampling_temperature(args.temperature) == 0:
         targets = targets[:1]
     targets += [args.out / f"{name}_grid.png"] + ([args.out / f"{name}_interpolation.png"] if args.interpolate else [])
     existing = [target for target in targets if target.exists()]
@@ -128,8 +128,7 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
         with_alpha(image, alpha).save(target)
     grid([rgb.convert("L"), *result.images]).save(args.out / f"{name}_grid.png")
     if args.interpolate:
-        frames = model.interpolate(rgb, args.interpolate, args.temperature or DEFAULT_TEMPERATURE, generator,
-                                   args.working_side)  # fmt: skip
+        frames = model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)
         grid(frames).save(args.out / f"{name}_interpolation.png")
     if args.likelihood:
         bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)

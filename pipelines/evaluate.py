@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import warnings
@@ -57,7 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", required=True, help="photo folder or list file (one path a line)")
     parser.add_argument("--out", type=Path, required=True, help="report directory")
     parser.add_argument("--n", type=int, default=8, help="samples per photo and temperature (default 8)")
-    parser.add_argument("--temperatures", default="0.5,0.7,1.0", help="comma-separated (default 0.5,0.7,1.0)")
+    parser.add_argument(
+        "--temperatures", default=None, help="comma-separated (default: 0.5, the model's own temperature and 1.0)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N listed photos")
     parser.add_argument("--seed", type=int, default=0, help="seeds sampling and the bootstrap (default 0)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
@@ -73,12 +76,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         f"(default: {CATEGORIES_FILE} inside --data, if there is one)",
     )
     args = parser.parse_args(argv)
-    try:
-        args.temperatures = [float(value) for value in args.temperatures.split(",") if value.strip()]
-    except ValueError:
-        parser.error(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}")
-    if not args.temperatures or min(args.temperatures) < 0 or len(set(args.temperatures)) < len(args.temperatures):
-        parser.error("--temperatures needs distinct values >= 0")
+    if args.temperatures is not None:
+        try:
+            args.temperatures = [float(value) for value in args.temperatures.split(",") if value.strip()]
+        except ValueError:
+            parser.error(f"--temperatures must be comma-separated numbers, got {args.temperatures!r}")
+        finite = all(math.isfinite(value) and value >= 0 for value in args.temperatures)
+        if not args.temperatures or not finite or len(set(args.temperatures)) < len(args.temperatures):
+            parser.error("--temperatures needs distinct finite values >= 0")
     if args.n < 1 or args.batch_size < 1 or args.sheet_images < 0 or (args.limit is not None and args.limit < 1):
         parser.error("--n, --batch-size and --limit must be >= 1 and --sheet-images >= 0")
     return args
@@ -298,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     check_report_directory(args.out, args.overwrite)
     device = resolve_device(args.device)
     model = load_model(args.model, device)
+    if args.temperatures is None:
+        args.temperatures = sorted({0.5, model.config.temperature, 1.0})
     baseline = load_regression_baseline(args.model, model, device)
     paths = list_images(args.data)[: args.limit]
     categories = read_categories(args.data, args.categories)

@@ -12,7 +12,6 @@ from PIL import Image
 from skimage.color import rgb2lab
 
 import pipelines.colorize as colorize_pipeline
-from cinn import DEFAULT_TEMPERATURE
 from cinn.colorizer import Colorizer
 
 WIDTH, HEIGHT = 203, 141  # odd on purpose: not multiples of any stride
@@ -239,7 +238,7 @@ def test_likelihood_prints_the_bits_per_dim_of_each_sample(tmp_path, debug_relea
     numbers = [float(value) for value in re.findall(r"-?\d+\.\d+", colour_line.split(":", 1)[1])]
     # The same numbers from the Python API, with the same seed.
     model = Colorizer.from_pretrained(debug_release)
-    result = model.colorize_photo(Image.open(colour), 3, DEFAULT_TEMPERATURE, torch.Generator().manual_seed(4))
+    result = model.colorize_photo(Image.open(colour), 3, None, torch.Generator().manual_seed(4))
     assert result.original_bits_per_dim is not None and "original colours" in colour_line
     np.testing.assert_allclose(numbers, [*result.bits_per_dim, result.original_bits_per_dim], atol=6e-4)
     assert "original colours" not in gray_line  # a gray photo has no colours of its own to score

@@ -136,3 +136,35 @@ def test_from_pretrained_names_what_is_missing(tmp_path, debug_release):
     (partial / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match=r"it has no model\.safetensors"):
         Colorizer.from_pretrained(partial)
+
+
+def test_default_temperature_comes_from_the_release(tmp_path, debug_release):
+    release = shutil.copytree(debug_release, tmp_path / "cool")
+    config = (release / "config.yaml").read_text()
+    (release / "config.yaml").write_text(config.replace("temperature: 0.7", "temperature: 0.4"))
+    model = Colorizer.from_pretrained(release)
+    lightness = torch.rand(1, 1, 16, 16) * 2 - 1
+    shapes = model.latent_shapes(lightness)
+    generator = torch.Generator().manual_seed(1)
+    zs = [torch.randn(3, *shape, generator=generator) for shape in shapes]
+    with torch.no_grad():
+        decoded, _ = model.sample_with_likelihood(lightness, 3, zs=[0.4 * z for z in zs])
+        default = model.sample(lightness, 3, None, torch.Generator().manual_seed(1))
+        warmer = model.sample(lightness, 3, 0.7, torch.Generator().manual_seed(1))
+    # The same unit-variance draws (level by level from one generator) scaled by the release's 0.4.
+    torch.testing.assert_close(default, decoded)
+    assert not torch.allclose(default, warmer)
+    for bad in (float("nan"), float("inf"), -0.5):
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            model.sample(lightness, 1, bad)
+    (release / "config.yaml").write_text(config.replace("temperature: 0.7", "temperature: .nan"))
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        Colorizer.from_pretrained(release)
+
+
+def test_a_latent_path_needs_a_positive_temperature(debug_release):
+    from PIL import Image
+
+    model = Colorizer.from_pretrained(debug_release)
+    with pytest.raises(ValueError, match="needs a temperature above 0"):
+        model.interpolate(Image.new("RGB", (20, 20), (90, 120, 30)), 3, temperature=0)
