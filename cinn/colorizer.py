@@ -187,8 +187,9 @@ class Colorizer(nn.Module):
         ab, _ = self.sample_with_likelihood(lightness, num_frames, temperature, zs=zs)
         return recombine(ab[0], full_lightness, alpha)
 
-    def save_pretrained(self, directory: str | Path, card: str | None = None, **metadata: str) -> Path:
-        """Writes a release: ``config.yaml``, ``model.safetensors`` and a model card ``README.md``."""
+    def save_pretrained(self, directory: str | Path, card: str | None = None, **metadata: object) -> Path:
+        """Writes a release: ``config.yaml``, ``model.safetensors`` (``metadata`` JSON-encoded in its
+        header: where the weights came from) and a model card ``README.md``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_config(self.config, directory / CONFIG_FILE)

@@ -66,6 +66,7 @@ class Progress:
     skipped_steps: int = 0
     consecutive_bad_steps: int = 0
     skipped_photos: int = 0
+    elapsed_seconds: float = 0.0  # wall-clock time of the optimisation loop, summed over resumes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -148,13 +149,23 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, progress: Progress,
     )
 
 
-def model_card(recipe: Recipe, progress: Progress, data: str, train_count: int, val_count: int) -> str:
+def model_card(model: Colorizer, recipe: Recipe, progress: Progress, data: str, counts: tuple[int, int]) -> str:
+    """The release's README.md: what the model is and how it was trained, every figure from the run."""
+    config, flow = recipe.model, recipe.model.flow
+    kwargs = ", ".join(f"{key}={value}" for key, value in config.conditioning_kwargs.items())
+    conditioning = sum(parameter.numel() for parameter in model.conditioning_net.parameters())
+    flow_parameters = sum(parameter.numel() for parameter in model.flow.parameters())
     return (
         "# cINN colorization model\n\n"
-        f"- conditioning net: `{recipe.model.conditioning_net}`, lightness {recipe.model.lightness_size}px, "
-        f"ab {recipe.model.ab_size}px, flow levels {list(recipe.model.flow.steps_per_level)}\n"
-        f"- trained on: `{data}` ({train_count} training photos, {val_count} validation photos)\n"
-        f"- steps: {progress.step} at batch size {recipe.train.batch_size}\n"
+        f"- conditioning net: `{config.conditioning_net}` ({kwargs}), {conditioning:,} parameters, on lightness "
+        f"{config.lightness_size} px\n"
+        f"- conditional Glow on ab {config.ab_size} px: couplings per level {list(flow.steps_per_level)}, "
+        f"widths {list(flow.hidden_channels)}, clamp {flow.clamp}, {flow.mixing} mixing; {flow_parameters:,} "
+        f"parameters ({conditioning + flow_parameters:,} in all)\n"
+        f"- default sampling temperature: {config.temperature}\n"
+        f"- trained on: `{data}` ({counts[0]} training photos, {counts[1]} validation photos)\n"
+        f"- steps: {progress.step} at batch size {recipe.train.batch_size}, {progress.elapsed_seconds / 60:.0f} "
+        "minutes of training loop\n"
         f"- validation NLL of normalised ab: {progress.last_val_bits_per_dim:.4f} bits/dim at the last step "
         f"(these weights), best {progress.best_val_bits_per_dim:.4f} (checkpoints/best.pt)\n"
         f"- skipped steps (non-finite): {progress.skipped_steps}\n"
@@ -290,10 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                     frozen = conditioning_frozen(recipe, progress.step)
                     trained = wrap(model, frozen, group, device)
                     forward = torch.compile(trained) if train.compile else trained
+                started = time.perf_counter()
                 lightness, ab = next_batch(batches, progress, device)
                 loss, grad_norm = optimisation_step(forward, model, optimizer, lightness, ab, recipe, progress)
                 scheduler.step()
                 progress.step += 1
+                progress.elapsed_seconds += time.perf_counter() - started
                 if reporter:
                     images = lightness.shape[0] * group.world_size
                     reporter.after_step(model, optimizer, scheduler, progress, loss, grad_norm, images)
@@ -310,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
     if group.world_size > 1:
         check_ranks_in_sync(model)
     if group.is_main:
-        card = model_card(recipe, progress, run.data, len(run.train), len(run.val))
-        release = model.save_pretrained(args.out / "release", card=card)
+        card = model_card(model, recipe, progress, run.data, (len(run.train), len(run.val)))
+        provenance = {"data": run.data, "train_photos": len(run.train), "steps": progress.step,
+                      "val_bits_per_dim": progress.last_val_bits_per_dim, "recipe": to_dict(recipe)}  # fmt: skip
+        release = model.save_pretrained(args.out / "release", card=card, **provenance)
         if train.pretrained_conditioning:  # ship the deterministic baseline beside the model
             baseline = Path(train.pretrained_conditioning).with_name("baseline.safetensors")
             if baseline.is_file():

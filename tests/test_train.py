@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 import pipelines.train as train_pipeline
@@ -49,8 +51,18 @@ def test_debug_run_writes_a_release_that_samples(tmp_path, photo_folder):
     assert run_train("--data", str(photo_folder), "--out", str(run), "--set", "train.steps=2") == 0
     for name in ("config.yaml", "train.txt", "val.txt", "log.jsonl", "checkpoints/last.pt"):
         assert (run / name).is_file(), name
-    assert any(entry.get("val/bits_per_dim") for entry in read_log(run))
+    validation = [entry["val/bits_per_dim"] for entry in read_log(run) if "val/bits_per_dim" in entry]
+    assert validation and all(math.isfinite(value) for value in validation)
     model = Colorizer.from_pretrained(run / "release")
+    # The card's figures are the run's own: parameter counts counted here, and the provenance in the weights.
+    card = (run / "release/README.md").read_text()
+    flow_parameters = sum(parameter.numel() for parameter in model.flow.parameters())
+    assert f"{flow_parameters:,} parameters" in card and "default sampling temperature: 0.7" in card
+    with safe_open(str(run / "release/model.safetensors"), "pt") as weights:
+        provenance = weights.metadata()
+    assert json.loads(provenance["steps"]) == 2 and json.loads(provenance["train_photos"]) == len(
+        (run / "train.txt").read_text().splitlines()[1:]
+    )
     ab = model.sample(torch.zeros(3, 1, 16, 16), num_samples=5, temperature=0.7)
     assert ab.shape == (3, 5, 2, 8, 8) and torch.isfinite(ab).all()
     assert (ab[:, 0] - ab[:, 1]).abs().max() > 0  # samples differ
