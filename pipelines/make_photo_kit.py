@@ -63,7 +63,8 @@ class KitEntry:
 
     @property
     def flat_name(self) -> str:
-        """``plasma__Kite.jpg`` for a KDE wallpaper, ``opencv__fruits.jpg``, ``skimage__coffee.png``,
+        """``plasma__Kite.jpg`` for a KDE wallpaper, ``opencv__data-fruits.jpg`` for
+        ``.../examples/data/fruits.jpg`` of opencv-doc, ``skimage__coffee.png``,
         ``gcompris__erase-gorilla.webp`` for a picture in GCompris's ``erase.rcc``, ``scikit__images-china.jpg``
         for ``sklearn/datasets/images/china.jpg`` in scikit-learn's wheel."""
         prefix = self.source.short_name
@@ -75,10 +76,11 @@ class KitEntry:
             if self.source.kind == "debian":  # archives of a package: the archive's name tells them apart
                 return f"{prefix}__{PurePosixPath(archive).stem}-{member_path.stem}{self.suffix}"
             return f"{prefix}__{member_path.parent.name}-{member_path.stem}{self.suffix}"
-        parts = PurePosixPath(self.path).parts
+        path = PurePosixPath(self.path)
         # KDE wallpapers are <Name>/contents/images/<W>x<H>.jpg: the folder carries the name.
-        stem = parts[parts.index("contents") - 1] if "contents" in parts[1:] else PurePosixPath(self.path).stem
-        return f"{prefix}__{stem}{self.suffix}"
+        if "contents" in path.parts[1:]:
+            return f"{prefix}__{path.parts[path.parts.index('contents') - 1]}{self.suffix}"
+        return f"{prefix}__{path.parent.name}-{path.stem}{self.suffix}"
 
     @property
     def suffix(self) -> str:

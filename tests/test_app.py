@@ -1,7 +1,7 @@
 """The web app: its handlers called directly, and the page driven in Debian's headless Chromium.
 
 Run by hand, this file takes the README's screenshot with the same browser code as the test:
-    cp photos/kit/val/lomiri__picosdeeuropa_by_Aitzol_Berasategi.jpg /tmp/picos_de_europa.jpg
+    cp photos/kit/val/lomiri__backgrounds-picosdeeuropa_by_Aitzol_Berasategi.jpg /tmp/picos_de_europa.jpg
     python tests/test_app.py --model cinn/pretrained/default --photo /tmp/picos_de_europa.jpg
 """
 

@@ -110,7 +110,7 @@ def test_make_photo_kit_end_to_end(tmp_path, capsys):
     kit_list = write_list(tmp_path / "kit.txt", ROWS)
     main(["--out", str(tmp_path / "kit"), "--debs", str(tmp_path / "debs"), "--list", str(kit_list)])
     assert (tmp_path / "kit/val/plasma__Kite.jpg").read_bytes() == wallpaper.read_bytes()
-    assert (tmp_path / "kit/train/lomiri__seeding.jpg").is_file()
+    assert (tmp_path / "kit/train/lomiri__backgrounds-seeding.jpg").is_file()
     chelsea = np.asarray(Image.open(tmp_path / "kit/train/skimage__chelsea.png"))
     assert chelsea.shape == (300, 451, 3)
     assert len((tmp_path / "kit/sources.tsv").read_text().splitlines()) == 4
