@@ -22,7 +22,7 @@ import io
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -53,6 +53,7 @@ class KitEntry:
     split: str
     category: str | None
     line_number: int
+    flat_name: str = ""  # the kit file name, given by ``read_kit_list`` (``assign_names``)
 
     @property
     def archive_and_member(self) -> tuple[str, str | None]:
@@ -61,26 +62,28 @@ class KitEntry:
         folder = self.source.folder()
         return (f"{folder}/{archive}" if folder else archive), member or None
 
-    @property
-    def flat_name(self) -> str:
-        """``plasma__Kite.jpg`` for a KDE wallpaper, ``opencv__data-fruits.jpg`` for
-        ``.../examples/data/fruits.jpg`` of opencv-doc, ``skimage__coffee.png``,
-        ``gcompris__erase-gorilla.webp`` for a picture in GCompris's ``erase.rcc``, ``scikit__images-china.jpg``
-        for ``sklearn/datasets/images/china.jpg`` in scikit-learn's wheel."""
+    def name_at_depth(self, depth: int) -> str | None:
+        """The kit file name using ``depth`` folders above the photo, or None if the path has no more.
+
+        ``plasma__Kite.jpg`` for a KDE wallpaper, ``opencv__fruits.jpg``, ``skimage__coffee.png``,
+        ``gcompris__erase-gorilla.webp`` for a picture in GCompris's ``erase.rcc``, ``scikit__china.jpg``
+        for scikit-learn's ``sklearn/datasets/images/china.jpg``; at depth 1 the last two become
+        ``opencv__data-fruits.jpg`` and ``scikit__images-china.jpg``.
+        """
         prefix = self.source.short_name
         if self.source.kind == "skimage":
-            return f"{prefix}__{self.path}.png"
+            return f"{prefix}__{self.path}.png" if depth == 0 else None
         archive, member = self.archive_and_member
-        if member is not None:
-            member_path = PurePosixPath(member)
-            if self.source.kind == "debian":  # archives of a package: the archive's name tells them apart
-                return f"{prefix}__{PurePosixPath(archive).stem}-{member_path.stem}{self.suffix}"
-            return f"{prefix}__{member_path.parent.name}-{member_path.stem}{self.suffix}"
-        path = PurePosixPath(self.path)
-        # KDE wallpapers are <Name>/contents/images/<W>x<H>.jpg: the folder carries the name.
-        if "contents" in path.parts[1:]:
-            return f"{prefix}__{path.parts[path.parts.index('contents') - 1]}{self.suffix}"
-        return f"{prefix}__{path.parent.name}-{path.stem}{self.suffix}"
+        path = PurePosixPath(member if member is not None else self.path)
+        if member is None and "contents" in path.parts[1:]:
+            # KDE wallpapers are <Name>/contents/images/<W>x<H>.jpg: the folder carries the name.
+            path = PurePosixPath(path.parts[path.parts.index("contents") - 1])
+        if depth >= len(path.parts):
+            return None
+        stem = "-".join([*path.parts[len(path.parts) - 1 - depth : -1], path.stem])
+        if member is not None and self.source.kind == "debian":  # a package's archives: their names tell apart
+            stem = f"{PurePosixPath(archive).stem}-{stem}"
+        return f"{prefix}__{stem}{self.suffix}"
 
     @property
     def suffix(self) -> str:
@@ -99,13 +102,25 @@ def read_kit_list(list_file: Path) -> list[KitEntry]:
         for line_number, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), start=1)
         if line.strip() and not line.startswith("#")
     ]
-    names = collections.Counter(entry.flat_name for entry in entries)
-    clashes = sorted(name for name, count in names.items() if count > 1)
-    if clashes:
-        raise KitError(f"{list_file}: several photos would be saved as {', '.join(clashes)}")
     if not entries:
         raise KitError(f"kit list '{list_file}' names no photos")
-    return entries
+    return assign_names(entries, list_file)
+
+
+def assign_names(entries: list[KitEntry], list_file: Path) -> list[KitEntry]:
+    """Gives every photo the shortest kit name no other photo shares: its file name, then as many of
+    its folders as it takes (``tuxtype__asturian-images-photo.png`` beside ``tuxtype__wolof-images-photo.png``)."""
+    depths = [0] * len(entries)
+    while True:
+        names = [entry.name_at_depth(depth) for entry, depth in zip(entries, depths, strict=True)]
+        counts = collections.Counter(names)
+        clashing = [index for index, name in enumerate(names) if counts[name] > 1]
+        if not clashing:
+            return [replace(entry, flat_name=name) for entry, name in zip(entries, names, strict=True)]
+        for index in clashing:
+            if entries[index].name_at_depth(depths[index] + 1) is None:
+                raise KitError(f"{list_file}: several photos would be saved as {names[index]}")
+            depths[index] += 1
 
 
 def parse_kit_line(line: str, where: str, line_number: int) -> KitEntry:

@@ -110,7 +110,7 @@ def test_make_photo_kit_end_to_end(tmp_path, capsys):
     kit_list = write_list(tmp_path / "kit.txt", ROWS)
     main(["--out", str(tmp_path / "kit"), "--debs", str(tmp_path / "debs"), "--list", str(kit_list)])
     assert (tmp_path / "kit/val/plasma__Kite.jpg").read_bytes() == wallpaper.read_bytes()
-    assert (tmp_path / "kit/train/lomiri__backgrounds-seeding.jpg").is_file()
+    assert (tmp_path / "kit/train/lomiri__seeding.jpg").is_file()
     chelsea = np.asarray(Image.open(tmp_path / "kit/train/skimage__chelsea.png"))
     assert chelsea.shape == (300, 451, 3)
     assert len((tmp_path / "kit/sources.tsv").read_text().splitlines()) == 4
@@ -226,14 +226,14 @@ def test_registry_packages_test_split_and_categories(tmp_path):
     ]
     out = tmp_path / "kit"
     main(["--out", str(out), "--sources", str(tmp_path / "tree"), "--list", str(write_list(tmp_path / "k.txt", rows))])
-    assert Image.open(out / "test/photos__images-kitchen.jpg").size == (48, 32)
-    assert Image.open(out / "test/street__img-bus.png").getpixel((0, 0)) == (90, 90, 95)
+    assert Image.open(out / "test/photos__kitchen.jpg").size == (48, 32)
+    assert Image.open(out / "test/street__bus.png").getpixel((0, 0)) == (90, 90, 95)
     lines = (out / "test/categories.tsv").read_text().splitlines()
-    assert lines[1:] == ["photos__images-kitchen.jpg\tinteriors", "street__img-bus.png\tvehicles"]
+    assert lines[1:] == ["photos__kitchen.jpg\tinteriors", "street__bus.png\tvehicles"]
     assert (out / "train/categories.tsv").read_text().splitlines()[1:] == ["skimage__chelsea.png\tanimals"]
     # A format the data reader does not list (GIF here, MPO in the kit) is stored as PNG.
-    assert Image.open(out / "train/photos__images-flag.png").convert("RGB").getpixel((5, 5)) == (200, 30, 30)
-    assert "test/photos__images-kitchen.jpg\tinteriors\tpypi:photos==1.0\t" in (out / "sources.tsv").read_text()
+    assert Image.open(out / "train/photos__flag.png").convert("RGB").getpixel((5, 5)) == (200, 30, 30)
+    assert "test/photos__kitchen.jpg\tinteriors\tpypi:photos==1.0\t" in (out / "sources.tsv").read_text()
     assert not [path for path in out.iterdir() if path.name.startswith(".kit-")]  # no staging folder left
     assert set(CATEGORIES) >= {"people", "interiors", "streets", "vehicles", "animals", "plants", "landscapes"}
 
@@ -280,3 +280,16 @@ def test_registry_downloads_are_verified(tmp_path, monkeypatch):
     served["https://registry.npmjs.org/n/-/n-2.0.0.tgz"] = b"tampered"
     with pytest.raises(SourceError, match="does not match its integrity hash"):
         fetch_npm(Source.parse("npm:n@2.0.0"), tmp_path)
+
+
+def test_photos_with_the_same_file_name_get_their_folders_in_the_name(tmp_path):
+    rows = []
+    for number, path in enumerate(["themes/a/images/photo.png", "themes/b/images/photo.png", "other/photo2.png"]):
+        file = tmp_path / "tree/usr/share/game" / path
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(png_bytes((40 * number, 90, 30)))
+        rows.append(("game-data", f"usr/share/game/{path}", "train"))
+    entries = read_kit_list(write_list(tmp_path / "kit.txt", rows))
+    assert [entry.flat_name for entry in entries] == [
+        "game__a-images-photo.png", "game__b-images-photo.png", "game__photo2.png"
+    ]  # fmt: skip
