@@ -18,10 +18,17 @@ from pipelines.make_photo_kit import CATEGORIES, DEFAULT_LIST, main, read_kit_li
 def test_the_shipped_kit_list_is_sound():
     entries = read_kit_list(DEFAULT_LIST)
     splits = collections.Counter(entry.split for entry in entries)
-    assert len(entries) >= 150 and splits["val"] >= 20
-    assert 0.1 <= splits["val"] / len(entries) <= 0.25
-    val_sources = {entry.source for entry in entries if entry.split == "val"}
-    assert len(val_sources) >= 6  # validation spans every package and scikit-image
+    kit = splits["train"] + splits["val"]
+    assert kit >= 2 * 189 and splits["val"] >= 50  # at least double the first 189-photo kit
+    assert 0.08 <= splits["val"] / kit <= 0.25
+    assert len({entry.source for entry in entries if entry.split == "val"}) >= 20
+    # The test photos: every category, from packages no training or validation photo comes from.
+    test = [entry for entry in entries if entry.split == "test"]
+    categories = collections.Counter(entry.category for entry in test)
+    assert len(test) >= 60 and set(categories) == set(CATEGORIES) and min(categories.values()) >= 5
+    kit_sources = {entry.source.name for entry in entries if entry.split != "test"}
+    assert not kit_sources & {entry.source.name for entry in test}
+    assert all(entry.category for entry in entries if entry.split == "val")
 
 
 def write_qt_resource_archive(path, files):
