@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import pickle
 import random
 import signal
 import threading
@@ -138,10 +139,23 @@ def atomic_save(payload: Any, path: Path) -> None:
     os.replace(temporary, path)
 
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read: damaged, or holding more than tensors and plain values."""
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training checkpoint, read with ``weights_only=True``: tensors, numbers, strings and containers
+    only, so a planted object in a downloaded or tampered checkpoint can never run code on resume."""
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint to resume from at '{path}'")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"'{path}' is not a readable checkpoint ({reason})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"'{path}' is not a training checkpoint (it holds a {type(checkpoint).__name__})")
+    return checkpoint
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float, cosine: bool = True):

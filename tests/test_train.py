@@ -140,3 +140,29 @@ def test_torchrun_two_processes_keep_identical_weights(tmp_path, photo_folder):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "weights identical on all 2 ranks" in result.stdout
     assert (tmp_path / "ddp/release/model.safetensors").is_file()
+
+
+class PlantedCode:
+    """Unpickling this runs ``Path.touch`` on a marker file: what a tampered checkpoint could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_resume_never_runs_code_planted_in_a_checkpoint(tmp_path, photo_folder, capsys):
+    run = tmp_path / "run"
+    common = ["--data", str(photo_folder), "--out", str(run)]
+    assert run_train(*common, "--set", "train.steps=2") == 0
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=True)  # the project's own: plain data
+    marker = tmp_path / "code-ran"
+    checkpoint["progress"]["note"] = PlantedCode(marker)
+    torch.save(checkpoint, run / "checkpoints/last.pt")
+    assert train_pipeline.main(["--out", str(run), "--resume"]) == 2
+    assert not marker.exists()
+    assert "is not a readable checkpoint" in capsys.readouterr().err
+    (run / "checkpoints/last.pt").write_bytes(b"")  # a 0-byte checkpoint: one line, not a traceback
+    assert train_pipeline.main(["--out", str(run), "--resume"]) == 2
+    assert "is not a readable checkpoint" in capsys.readouterr().err
