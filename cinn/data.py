@@ -71,6 +71,10 @@ class DatasetConfig:
             raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}.")
 
 
+class NoUsablePhotos(ValueError):
+    """Every photo of a dataset was rejected."""
+
+
 class ColorizationDataset(torch.utils.data.Dataset):
     """Photos as items ``{"lightness": (1, Hl, Wl), "ab": (2, Ha, Wa), "path": str}``, or ``None``.
 
@@ -117,6 +121,15 @@ class ColorizationDataset(torch.utils.data.Dataset):
     def path(self, index: int) -> str:
         """The file behind item ``index``."""
         return os.fsdecode(self._paths[index])
+
+    def check_some_usable(self) -> None:
+        """Raise ``NoUsablePhotos`` once every photo has been tried and rejected (unreadable or grey);
+        a training loop calls it after an empty batch rather than waiting for a usable one forever."""
+        if bool((self._status == _SKIPPED).all()):
+            raise NoUsablePhotos(
+                f"none of the {len(self)} training photos is usable (each is unreadable or has no colour; "
+                "the warnings above name them)"
+            )
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | str] | None:
         path = self.path(index)

@@ -75,6 +75,15 @@ def validate(model: PretrainingModel, loader, device: torch.device, settings: Pr
     }
 
 
+def usable_ab(loader, dataset: ColorizationDataset):
+    """The ab of every batch with a usable photo; ``NoUsablePhotos`` once every photo was rejected."""
+    for batch in loader:
+        if batch["path"]:
+            yield batch["ab"]
+        else:
+            dataset.check_some_usable()
+
+
 def export(model: PretrainingModel, out: Path, settings: PretrainConfig) -> None:
     metadata = {
         "head_hidden_channels": json.dumps(settings.head_hidden_channels),
@@ -111,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe.data.num_workers,
             ResumableSampler(len(train_set), settings.seed + 1),
         )
-        counts = accumulate_bin_counts(model.head.quantizer, (b["ab"] for b in counting), settings.bin_count_batches)
+        counts = accumulate_bin_counts(model.head.quantizer, usable_ab(counting, train_set), settings.bin_count_batches)
         model.head.set_bin_counts(counts.to(device), mix=settings.rebalance_mix)
     sampler = ResumableSampler(len(train_set), settings.seed, step * settings.batch_size)
     batches = iter(training_loader(train_set, settings.batch_size, recipe.data.num_workers, sampler))
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             while step < settings.steps:
                 batch = next(batches)
                 if not batch["path"]:
+                    train_set.check_some_usable()
                     continue
                 loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device), settings.regression_weight)
                 optimizer.zero_grad(set_to_none=True)

@@ -110,13 +110,15 @@ def wrap(model: Colorizer, frozen: bool, group: ProcessGroup, device: torch.devi
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def next_batch(batches, progress: Progress, device: torch.device):
-    """The next batch with at least one usable photo; skipped photos are counted."""
+def next_batch(batches, progress: Progress, device: torch.device, dataset: ColorizationDataset):
+    """The next batch with at least one usable photo; skipped photos are counted. ``NoUsablePhotos``
+    once every photo of ``dataset`` has been rejected."""
     while True:
         batch = next(batches)
         progress.skipped_photos += batch["num_skipped"]
         if batch["path"]:
             return batch["lightness"].to(device), batch["ab"].to(device)
+        dataset.check_some_usable()
 
 
 @torch.no_grad()
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         set_rng_state(checkpoint["rng"])
     elif any(isinstance(module, ActNorm) for module in model.modules()):
         first = training_loader(train_set, train.batch_size, 0, ResumableSampler(len(train_set), train.seed + 1))
-        lightness, ab = next_batch(iter(first), Progress(), device)
+        lightness, ab = next_batch(iter(first), Progress(), device, train_set)
         model.flow.initialize(ab, model.conditions(lightness))
     sampler = ResumableSampler(len(train_set), train.seed, progress.step * train.batch_size, group.rank,
                                group.world_size)  # fmt: skip
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
                     trained = wrap(model, frozen, group, device)
                     forward = torch.compile(trained) if train.compile else trained
                 started = time.perf_counter()
-                lightness, ab = next_batch(batches, progress, device)
+                lightness, ab = next_batch(batches, progress, device, train_set)
                 loss, grad_norm = optimisation_step(forward, model, optimizer, lightness, ab, recipe, progress)
                 scheduler.step()
                 progress.step += 1
