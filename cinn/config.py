@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -15,6 +17,49 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the recipe's schema."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+    """The values a number (or each number of a tuple) may take; checked by ``from_dict``."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # low itself is excluded
+    high_open: bool = False
+
+    def check(self, value: float, key: str) -> None:
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            raise ConfigError(f"'{key}' must be {self}, got {value!r}")
+
+    def __str__(self) -> str:
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts)
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None, *, low_open: bool = False,
+            high_open: bool = False) -> Any:  # fmt: skip
+    """A dataclass field whose value (every item, for a tuple) must lie within the bounds."""
+    bounds = Bounds(low, high, low_open, high_open)
+    if isinstance(default, (list, tuple)):
+        return dataclasses.field(default=tuple(default), metadata={"bounds": bounds})
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+def positive(default: Any) -> Any:
+    """A field that must be > 0 (every item, for a tuple)."""
+    return bounded(default, 0, low_open=True)
+
+
+def at_least(default: Any, low: float) -> Any:
+    """A field that must be >= ``low`` (every item, for a tuple)."""
+    return bounded(default, low)
 
 
 def _check_type(value: Any, annotation: Any, key: str) -> Any:
@@ -51,12 +96,12 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation is float and isinstance(value, str):
-        try:  # YAML reads 1e-4 (no dot) as a string
-            return float(value)
-        except ValueError:
-            pass
+        with contextlib.suppress(ValueError):  # YAML reads 1e-4 (no dot) as a string
+            value = float(value)
     if not isinstance(value, annotation) or (annotation is int and isinstance(value, bool)):
         raise ConfigError(f"'{key}' must be of type {annotation.__name__}, got {value!r}")
+    if annotation is float and not math.isfinite(value):  # NaN and inf are never a setting
+        raise ConfigError(f"'{key}' must be a finite number, got {value!r}")
     return value
 
 
@@ -68,6 +113,12 @@ def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
     if unknown:
         raise ConfigError(f"unknown config key '{prefix}{unknown[0]}' (known: {', '.join(sorted(fields))})")
     converted = {name: _check_type(value, hints[name], f"{prefix}{name}") for name, value in values.items()}
+    for field in dataclasses.fields(cls):
+        bounds = field.metadata.get("bounds")
+        if bounds is not None and field.name in converted:
+            value = converted[field.name]
+            for index, item in enumerate(value) if isinstance(value, tuple) else [(None, value)]:
+                bounds.check(item, f"{prefix}{field.name}" + (f"[{index}]" if index is not None else ""))
     try:
         return cls(**converted)
     except (TypeError, ValueError) as error:

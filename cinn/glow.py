@@ -19,6 +19,7 @@ from cinn.blocks import (
     data_dependent_init,
 )
 from cinn.blocks.coupling import Condition, convolution_layout
+from cinn.config import positive
 
 MIXINGS = {"orthogonal": FixedOrthogonalMixing, "lu": InvertibleConv1x1LU}
 
@@ -39,12 +40,12 @@ class GlowConfig:
         seed: seed of the random rotations.
     """
 
-    steps_per_level: tuple[int, ...] = (4, 6, 6, 6)
-    hidden_channels: tuple[int, ...] = (64, 128, 128, 256)
-    clamp: float = 1.5
+    steps_per_level: tuple[int, ...] = positive((4, 6, 6, 6))
+    hidden_channels: tuple[int, ...] = positive((64, 128, 128, 256))
+    clamp: float = positive(1.5)
     mixing: str = "orthogonal"
     actnorm: bool = False
-    haar_scale: float = 1.0
+    haar_scale: float = positive(1.0)
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import math
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
+from cinn.config import at_least, bounded, positive
 from cinn.data import DatasetConfig
 from cinn.glow import GlowConfig
+from conditioning_nets import REGISTRY
 
 
 @dataclass(frozen=True)
@@ -27,14 +29,12 @@ class ModelConfig:
 
     conditioning_net: str = "small"
     conditioning_kwargs: dict[str, Any] = field(default_factory=dict)
-    lightness_size: int = 64
-    ab_size: int = 32
+    lightness_size: int = positive(64)
+    ab_size: int = positive(32)
     flow: GlowConfig = field(default_factory=GlowConfig)
-    temperature: float = 0.7
+    temperature: float = at_least(0.7, 0)
 
     def __post_init__(self) -> None:
-        if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.lightness_size % self.ab_size:
             raise ValueError(f"lightness_size {self.lightness_size} must be a multiple of ab_size {self.ab_size}")
         if self.ab_size % 2 ** (self.flow.num_levels - 1):
@@ -42,6 +42,17 @@ class ModelConfig:
         reserved = {"num_levels", "first_stride"} & set(self.conditioning_kwargs)
         if reserved:
             raise ValueError(f"conditioning_kwargs may not set {sorted(reserved)}: they follow from the flow")
+        if self.conditioning_net not in REGISTRY:
+            raise ValueError(
+                f"conditioning_net must be one of {', '.join(sorted(REGISTRY))}, got {self.conditioning_net!r}"
+            )
+        accepted = set(inspect.signature(REGISTRY[self.conditioning_net]).parameters) - {"num_levels", "first_stride"}
+        unknown = sorted(set(self.conditioning_kwargs) - accepted)
+        if unknown:
+            raise ValueError(
+                f"conditioning_kwargs.{unknown[0]} is not a setting of the {self.conditioning_net!r} net "
+                f"(its settings: {', '.join(sorted(accepted))})"
+            )
 
 
 @dataclass(frozen=True)
@@ -58,13 +69,13 @@ class DataConfig:
         num_workers: DataLoader worker processes.
     """
 
-    ab_noise: float = 0.05
-    min_colourfulness: float = 5.0
-    crop_scale: tuple[float, ...] = (0.3, 1.0)
+    ab_noise: float = at_least(0.05, 0)
+    min_colourfulness: float = at_least(5.0, 0)
+    crop_scale: tuple[float, ...] = bounded((0.3, 1.0), 0, 1, low_open=True)
     reduced_decoding: bool = True
     cache_images: bool = False
-    val_fraction: float = 0.1
-    num_workers: int = 2
+    val_fraction: float = bounded(0.1, 0, 1, high_open=True)
+    num_workers: int = at_least(2, 0)
 
     def dataset_config(self, model: ModelConfig) -> DatasetConfig:
         return DatasetConfig(
@@ -91,18 +102,18 @@ class PretrainConfig:
             Zhang et al.; 1 is the plain mean, the least-squares prediction).
     """
 
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-5
-    rebalance_mix: float = 0.5
-    regression_weight: float = 0.0
-    baseline_temperature: float = 0.38
-    head_hidden_channels: int = 64
-    bin_count_batches: int = 20
-    log_every: int = 20
-    val_every: int = 250
-    checkpoint_every: int = 250
+    steps: int = positive(2000)
+    batch_size: int = positive(32)
+    lr: float = positive(1e-3)
+    weight_decay: float = at_least(1e-5, 0)
+    rebalance_mix: float = bounded(0.5, 0, 1)
+    regression_weight: float = at_least(0.0, 0)
+    baseline_temperature: float = positive(0.38)
+    head_hidden_channels: int = positive(64)
+    bin_count_batches: int = positive(20)
+    log_every: int = positive(20)
+    val_every: int = positive(250)
+    checkpoint_every: int = positive(250)
     seed: int = 0
 
 
@@ -121,24 +132,24 @@ class TrainConfig:
         max_bad_steps: consecutive non-finite steps that stop the run.
     """
 
-    steps: int = 10000
-    batch_size: int = 32
-    lr: float = 1e-3
-    conditioning_lr: float = 1e-4
+    steps: int = positive(10000)
+    batch_size: int = positive(32)
+    lr: float = positive(1e-3)
+    conditioning_lr: float = at_least(1e-4, 0)
     pretrained_conditioning: str | None = None
-    freeze_conditioning_steps: int = 0
-    l2_weight: float = 1e-5
-    adam_eps: float = 1e-6
-    warmup_steps: int = 200
+    freeze_conditioning_steps: int = at_least(0, -1)
+    l2_weight: float = at_least(1e-5, 0)
+    adam_eps: float = positive(1e-6)
+    warmup_steps: int = at_least(200, 0)
     schedule: str = "cosine"
-    min_lr_ratio: float = 0.05
-    grad_clip: float = 10.0
-    max_bad_steps: int = 20
-    log_every: int = 20
-    val_every: int = 500
-    val_batches: int = 8
-    image_every: int = 1000
-    checkpoint_every: int = 500
+    min_lr_ratio: float = bounded(0.05, 0, 1)
+    grad_clip: float = positive(10.0)
+    max_bad_steps: int = positive(20)
+    log_every: int = positive(20)
+    val_every: int = positive(500)
+    val_batches: int = positive(8)
+    image_every: int = positive(1000)
+    checkpoint_every: int = positive(500)
     seed: int = 0
     device: str = "auto"
     bf16: bool = False

@@ -47,6 +47,33 @@ def test_config_errors_name_the_key(tmp_path, capsys, photo_folder):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.grad_clip=-1", "'train.grad_clip' must be > 0, got -1"),
+        ("train.lr=-1", "'train.lr' must be > 0"),
+        ("train.lr=.nan", "'train.lr' must be a finite number"),
+        ("train.lr=.inf", "'train.lr' must be a finite number"),
+        ("model.flow.clamp=0", "'model.flow.clamp' must be > 0"),
+        ("model.flow.clamp=.nan", "'model.flow.clamp' must be a finite number"),
+        ("train.steps=0", "'train.steps' must be > 0"),
+        ("train.log_every=0", "'train.log_every' must be > 0"),
+        ("train.checkpoint_every=0", "'train.checkpoint_every' must be > 0"),
+        ("model.ab_size=0", "'model.ab_size' must be > 0"),
+        ("model.flow.hidden_channels=[0, 8, 8]", "'model.flow.hidden_channels[0]' must be > 0"),
+        ("data.crop_scale=[0, 1]", "'data.crop_scale[0]' must be > 0"),
+        ("model.temperature=-1", "'model.temperature' must be >= 0"),
+        ("pretrain.rebalance_mix=2", "'pretrain.rebalance_mix' must be >= 0 and <= 1"),
+        ("model.conditioning_kwargs.widht=8", "conditioning_kwargs.widht is not a setting of the 'small' net"),
+    ],
+)
+def test_values_that_cannot_be_right_are_refused_at_load_time(tmp_path, photo_folder, capsys, override, message):
+    run = tmp_path / "run"
+    assert run_train("--data", str(photo_folder), "--out", str(run), "--set", override) == 2
+    assert message in capsys.readouterr().err
+    assert not run.exists()  # refused before anything was written
+
+
 def test_debug_run_writes_a_release_that_samples(tmp_path, photo_folder):
     run = tmp_path / "run"
     assert run_train("--data", str(photo_folder), "--out", str(run), "--set", "train.steps=2") == 0
