@@ -194,6 +194,7 @@ class Colorizer(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         save_config(self.config, directory / CONFIG_FILE)
         tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        check_finite(tensors, "the model to save")
         save_file(tensors, directory / WEIGHTS_FILE, metadata={k: json.dumps(v) for k, v in metadata.items()})
         if card is not None:
             (directory / CARD_FILE).write_text(card, encoding="utf-8")
@@ -212,8 +213,19 @@ class Colorizer(nn.Module):
         except ConfigError as error:
             raise ConfigError(f"{directory / CONFIG_FILE}: {error}") from None
         model = cls(config)
-        model.load_state_dict(load_file(directory / WEIGHTS_FILE, device=str(device)))
+        tensors = load_file(directory / WEIGHTS_FILE, device=str(device))
+        check_finite(tensors, f"'{directory / WEIGHTS_FILE}'")
+        model.load_state_dict(tensors)
         return model.to(device).eval()
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Raise ``ValueError`` naming the first tensor with a NaN or infinite value: such weights only
+    ever give black or NaN images, so they are neither written nor used."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            count = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{what} has {count} non-finite value(s) in '{name}' (a diverged training run?)")
 
 
 def conditioning_net_for(config: ModelConfig) -> ConditioningNet:

@@ -168,3 +168,21 @@ def test_a_latent_path_needs_a_positive_temperature(debug_release):
     model = Colorizer.from_pretrained(debug_release)
     with pytest.raises(ValueError, match="needs a temperature above 0"):
         model.interpolate(Image.new("RGB", (20, 20), (90, 120, 30)), 3, temperature=0)
+
+
+def test_non_finite_weights_are_neither_written_nor_loaded(tmp_path, debug_release):
+    from safetensors.torch import load_file, save_file
+
+    model = Colorizer.from_pretrained(debug_release)
+    with torch.no_grad():
+        next(model.flow.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite value"):
+        model.save_pretrained(tmp_path / "nan-release")
+    assert not (tmp_path / "nan-release/model.safetensors").exists()
+    damaged = shutil.copytree(debug_release, tmp_path / "damaged")
+    tensors = load_file(damaged / "model.safetensors")
+    name = next(key for key, value in tensors.items() if value.is_floating_point())
+    tensors[name].view(-1)[0] = float("inf")
+    save_file(tensors, damaged / "model.safetensors")
+    with pytest.raises(ValueError, match=f"1 non-finite value.*'{name}'"):
+        Colorizer.from_pretrained(damaged)
