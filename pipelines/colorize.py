@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from cinn import DEFAULT_MODEL
 from cinn.colorizer import Colorizer
+from cinn.files import publish
 from cinn.images import IMAGE_EXTENSIONS, ImageLoadError, load_rgb_and_alpha
 from cinn.training import resolve_device
 from pipelines.cli import documented_parser, user_errors_exit
@@ -124,12 +125,11 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
     rgb, alpha = load_rgb_and_alpha(path)
     generator = torch.Generator(args.device).manual_seed(args.seed) if args.seed is not None else None
     result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side)
-    for image, target in zip(result.images, targets, strict=False):
-        with_alpha(image, alpha).save(target)
-    grid([rgb.convert("L"), *result.images]).save(args.out / f"{name}_grid.png")
+    pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
     if args.interpolate:
-        frames = model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)
-        grid(frames).save(args.out / f"{name}_interpolation.png")
+        pictures.append(grid(model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)))
+    # All of a photo's files appear together or not at all, never half-written or mixed with another run's.
+    publish({target: picture.save for target, picture in zip(targets, pictures, strict=True)}, args.overwrite)
     if args.likelihood:
         bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
         original = result.original_bits_per_dim

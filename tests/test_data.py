@@ -316,3 +316,43 @@ def test_write_split_reads_back(tmp_path):
     _, portable_val = write_split(tmp_path / "published", train, val, root=data)
     assert portable_val.read_text().splitlines()[1:] == sorted(str(Path(path).relative_to(data)) for path in val)
     assert list_images(portable_val, root=data) == val
+
+
+def test_training_items_carry_the_ab_noise(tmp_path):
+    """Same seed, same crop and flip: the noisy item minus the clean one is the noise, of std ab_noise."""
+    path = write_photo(tmp_path / "a.png")
+    noisy = ColorizationDataset([path], config=DatasetConfig(lightness_size=32, ab_size=32, ab_noise=0.1))
+    clean = ColorizationDataset([path], config=DatasetConfig(lightness_size=32, ab_size=32, ab_noise=0.0))
+    torch.manual_seed(5)
+    with_noise = noisy[0]
+    torch.manual_seed(5)
+    without = clean[0]
+    torch.testing.assert_close(with_noise["lightness"], without["lightness"])
+    difference = with_noise["ab"] - without["ab"]
+    assert abs(difference.std().item() - 0.1) < 0.01 and abs(difference.mean().item()) < 0.01
+    validation = ColorizationDataset([path], train=False, config=noisy.config)  # never in validation
+    assert torch.equal(validation[0]["ab"], ColorizationDataset([path], train=False, config=clean.config)[0]["ab"])
+
+
+def test_split_is_the_same_in_every_process(tmp_path):
+    """Membership must not depend on Python's per-process string hashing (PYTHONHASHSEED)."""
+    import os
+    import subprocess
+    import sys
+
+    program = (
+        "from cinn.data import split_train_val\n"
+        "names = [f'/data/photo_{index}.jpg' for index in range(200)]\n"
+        "print(split_train_val(names, '/data', 0.3)[1])\n"
+    )
+    splits = {
+        subprocess.run(
+            [sys.executable, "-c", program],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout  # fmt: skip
+        for seed in ("1", "2", "3")
+    }
+    assert len(splits) == 1 and splits.pop().count("photo_") > 30

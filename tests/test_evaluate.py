@@ -77,6 +77,12 @@ def test_report_files_and_numbers(tmp_path, release, photo_folder, capsys):
         for value in stats.values():
             assert value["low"] <= value["mean"] <= value["high"]
     assert rows["model@1"]["pairwise_rmse"]["mean"] > rows["model@0.5"]["pairwise_rmse"]["mean"] > 0
+    for record in report["per_image"]:  # the closest of n samples is never farther than any one of them
+        for row in ("model@0.5", "model@1"):
+            scores = record["scores"][row]
+            assert scores["best_of_n_rmse_per_pixel"] <= scores["best_of_n_rmse_per_image"]
+            assert scores["best_of_n_rmse_per_image"] <= min(scores["best_of_1_rmse"], scores["mean_sample_rmse"])
+            assert scores["best_of_n_rmse_per_image"] < scores["mean_sample_rmse"]  # 3 different samples
     for baseline in ("gray", "regression"):  # one deterministic prediction: no diversity
         assert rows[baseline]["sample_variance"]["mean"] == 0
         assert rows[baseline]["best_of_n_rmse_per_pixel"] == rows[baseline]["best_of_1_rmse"]

@@ -186,3 +186,19 @@ def test_non_finite_weights_are_neither_written_nor_loaded(tmp_path, debug_relea
     save_file(tensors, damaged / "model.safetensors")
     with pytest.raises(ValueError, match=f"1 non-finite value.*'{name}'"):
         Colorizer.from_pretrained(damaged)
+
+
+def test_samples_are_decoded_from_z_with_the_temperature_as_standard_deviation(debug_release, monkeypatch):
+    model = Colorizer.from_pretrained(debug_release)
+    seen = []
+    real_inverse = model.flow.inverse
+
+    def recording_inverse(zs, conditions):
+        seen.append(torch.cat([z.flatten() for z in zs]))
+        return real_inverse(zs, conditions)
+
+    monkeypatch.setattr(model.flow, "inverse", recording_inverse)
+    with torch.no_grad():
+        model.sample(torch.zeros(2, 1, 16, 16), 64, temperature=0.5, generator=torch.Generator().manual_seed(0))
+    z = seen[0]
+    assert z.numel() > 10_000 and abs(z.std().item() - 0.5) < 0.02 and abs(z.mean().item()) < 0.02

@@ -107,7 +107,13 @@ def test_histogram_distance():
     histogram = metrics.ab_histogram(truth)
     assert histogram.shape == (metrics.HISTOGRAM_BINS, metrics.HISTOGRAM_BINS)
     assert histogram.sum().item() == pytest.approx(1.0)
-    assert metrics.histogram_intersection_distance(histogram, metrics.ab_histogram(truth.clone())).item() == 0
+    # Positions do not matter: the pixels shuffled give the same histogram, distance exactly 0.
+    shuffled = truth.flatten(-2)[..., torch.randperm(truth.shape[-1] * truth.shape[-2])].reshape(truth.shape)
+    assert not torch.equal(shuffled, truth)
+    assert metrics.histogram_intersection_distance(histogram, metrics.ab_histogram(shuffled)).item() == 0
+    # A pixel at (a, b) = (15, -25) falls into bin ((15 + 110) // 10, (-25 + 110) // 10) = (12, 8).
+    single = metrics.ab_histogram(torch.tensor([15.0, -25.0]).view(2, 1, 1))
+    assert single[12, 8].item() == 1.0
     gray = metrics.ab_histogram(torch.zeros_like(truth))
     assert gray.max().item() == 1.0  # every pixel in one bin
     distance = metrics.histogram_intersection_distance(histogram, gray).item()
