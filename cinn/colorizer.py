@@ -6,22 +6,27 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cinn.color import normalize_lightness, rgb_to_lab
 from cinn.config import ConfigError, from_dict, save_config
+from cinn.errors import ReleaseError, UsageError
 from cinn.glow import ConditionalGlow
 from cinn.inference import Colorization, interpolate_latents, prepare_photo, recombine
+from cinn.limits import PhotoLimits
 from cinn.loss import bits_per_dim, negative_log_likelihood, sample_latents
 from cinn.recipe import ModelConfig
 from conditioning_nets import ConditioningNet, build_conditioning_net
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.yaml", "model.safetensors", "README.md"
+MAX_WORKING_SIDE = 1024  # lightness short side the model may be run at; far beyond any training size
 
 
 class Colorizer(nn.Module):
@@ -127,26 +132,48 @@ class Colorizer(nn.Module):
     @torch.no_grad()
     def colorize_photo(
         self,
-        image: Image.Image,
+        image: Image.Image | np.ndarray,
         num_samples: int = 8,
         temperature: float | None = None,
         generator: torch.Generator | None = None,
         working_side: int | None = None,
+        limits: PhotoLimits | None = None,
     ) -> Colorization:
-        """Colorizes a PIL photo at its full resolution, with each sample's likelihood.
+        """Colorizes a photo at its full resolution, with each sample's likelihood.
 
         A colour photo is first reduced to its lightness. The model runs at a working size whose
         short side is ``working_side`` (default: the training lightness size); each sampled ab is
         upsampled guided by the photo's own full-resolution lightness and recombined with it, so
         the lightness of the result is exactly the input's. Temperature 0 gives the single mode-like
         sample ``z = 0``, so only one image is returned.
+
+        Args:
+            image: a PIL image of any mode, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
+            limits: largest photo and number of samples served (``PhotoLimits()`` if None).
+
+        Raises:
+            UsageError: a photo, number of samples, temperature or working side beyond what is served.
         """
-        device = next(self.parameters()).device
-        temperature = self.sampling_temperature(temperature)
+        image, limits = as_pil_image(image), limits or PhotoLimits()
+        problem = limits.size_problem(*image.size)
+        if problem is not None:
+            raise UsageError(f"this photo cannot be colorized: {problem}")
+        limits.check_samples(num_samples)
         side = working_side or self.config.lightness_size
+        if not self.input_multiple <= side <= MAX_WORKING_SIDE:
+            raise UsageError(
+                f"the working side must be between {self.input_multiple} and {MAX_WORKING_SIDE}, got {side}"
+            )
+        device = next(self.parameters()).device
+        try:
+            temperature = self.sampling_temperature(temperature)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
         full_lightness, lightness, ab_truth, alpha, has_colour = prepare_photo(image, side, self.input_multiple, device)
         num_samples = 1 if temperature == 0 else num_samples
         ab, bits = self.sample_with_likelihood(lightness, num_samples, temperature, generator)
+        if not bool(torch.isfinite(ab).all()):
+            raise RuntimeError("the model produced non-finite colours; its weights or settings are broken")
         original = None
         if has_colour:
             ab_truth = F.interpolate(ab_truth, size=ab.shape[-2:], mode="area")
@@ -202,30 +229,71 @@ class Colorizer(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Colorizer:
-        """Loads a release written by ``save_pretrained``; needs no training config."""
+        """Loads a release written by ``save_pretrained``; needs no training config.
+
+        Raises:
+            ReleaseError: the folder is not a complete, readable release (the message names the file).
+        """
         directory = Path(directory)
+        if not directory.is_dir():
+            raise ReleaseError(f"model release '{directory}' does not exist")
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"'{directory}' is not a model release: it has no {name}")
-        values = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+                raise ReleaseError(f"'{directory}' is not a model release: it has no {name}")
+        try:
+            values = yaml.safe_load((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise ReleaseError(f"'{directory / CONFIG_FILE}' is not valid YAML ({type(error).__name__})") from None
+        if not isinstance(values, dict):
+            raise ReleaseError(f"'{directory / CONFIG_FILE}' must hold the model's settings, not {values!r}")
         try:
             config = from_dict(ModelConfig, values)
         except ConfigError as error:
-            raise ConfigError(f"{directory / CONFIG_FILE}: {error}") from None
+            raise ReleaseError(f"{directory / CONFIG_FILE}: {error}") from None
         model = cls(config)
-        tensors = load_file(directory / WEIGHTS_FILE, device=str(device))
+        try:
+            tensors = load_file(directory / WEIGHTS_FILE, device=str(device))
+        except (SafetensorError, OSError) as error:
+            raise ReleaseError(f"'{directory / WEIGHTS_FILE}' is damaged or not safetensors ({error})") from None
         check_finite(tensors, f"'{directory / WEIGHTS_FILE}'")
-        model.load_state_dict(tensors)
+        missing, unexpected = model.state_dict().keys() - tensors.keys(), tensors.keys() - model.state_dict().keys()
+        if missing or unexpected:
+            first = sorted(missing or unexpected)[0]
+            problem = "lacks" if missing else "has an unknown tensor"
+            raise ReleaseError(f"'{directory / WEIGHTS_FILE}' {problem} '{first}': it does not match its config.yaml")
+        try:
+            model.load_state_dict(tensors)
+        except RuntimeError as error:  # a tensor of the wrong shape
+            reason = str(error).strip().splitlines()[-1].strip()
+            raise ReleaseError(f"'{directory / WEIGHTS_FILE}' does not match its config.yaml ({reason})") from None
         return model.to(device).eval()
 
 
+def as_pil_image(image: Image.Image | np.ndarray) -> Image.Image:
+    """A PIL image as it is, or a uint8 array (H, W), (H, W, 3) or (H, W, 4) as one; a clear
+    ``UsageError`` for anything else."""
+    if isinstance(image, Image.Image):
+        return image
+    if (
+        isinstance(image, np.ndarray)
+        and image.dtype == np.uint8
+        and (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4)))
+    ):
+        return Image.fromarray(image)
+    description = f"{type(image).__name__} {getattr(image, 'dtype', '')} {tuple(getattr(image, 'shape', ()))}"
+    raise UsageError(
+        f"a photo is a PIL image (Image.open(path)) or a uint8 array of shape (H, W), (H, W, 3) or (H, W, 4); "
+        f"got {description.strip()}"
+    )
+
+
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
-    """Raise ``ValueError`` naming the first tensor with a NaN or infinite value: such weights only
+    """Raise ``ReleaseError`` naming the first tensor with a NaN or infinite value: such weights only
     ever give black or NaN images, so they are neither written nor used."""
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             count = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(f"{what} has {count} non-finite value(s) in '{name}' (a diverged training run?)")
+            raise ReleaseError(f"{what} has {count} non-finite value(s) in '{name}' (a diverged training run?)")
 
 
 def conditioning_net_for(config: ModelConfig) -> ConditioningNet:

@@ -12,10 +12,12 @@ from typing import Any, TypeVar, Union
 
 import yaml
 
+from cinn.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that does not fit the recipe's schema."""
 
 

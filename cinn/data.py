@@ -25,6 +25,7 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
 from cinn.color import rgb_to_normalized_lab
+from cinn.errors import DataError
 from cinn.images import DEFAULT_GRAYSCALE_THRESHOLD, ImageLoadError, is_grayscale_photo, load_rgb
 
 # Aspect ratios RandomResizedCrop may draw; the decode size below relies on the narrowest one.
@@ -71,7 +72,7 @@ class DatasetConfig:
             raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {self.crop_scale}.")
 
 
-class NoUsablePhotos(ValueError):
+class NoUsablePhotos(DataError):
     """Every photo of a dataset was rejected."""
 
 

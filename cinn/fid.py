@@ -16,6 +16,8 @@ import torchvision
 from safetensors.torch import load_file
 from torch import nn
 
+from cinn.errors import UsageError
+
 INCEPTION_SIDE = 299
 FEATURE_DIMENSION = 2048
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -45,7 +47,7 @@ class InceptionFeatures(nn.Module):
             network.load_state_dict(_read_state_dict(weights))
         except (RuntimeError, KeyError, AttributeError) as error:
             summary = str(error).splitlines()[0]
-            raise ValueError(f"'{weights}' is not a torchvision inception_v3 state dict ({summary}).") from None
+            raise UsageError(f"'{weights}' is not a torchvision inception_v3 state dict ({summary}).") from None
         network.fc = nn.Identity()  # the input of the classifier is the pool3 feature vector
         self.network = network.eval()
         self.register_buffer("mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -68,7 +70,7 @@ def _read_state_dict(weights: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
     except Exception as error:  # a corrupt or non-torch file fails in many different ways
-        raise ValueError(f"'{weights}' cannot be read as a torch state dict ({type(error).__name__}).") from None
+        raise UsageError(f"'{weights}' cannot be read as a torch state dict ({type(error).__name__}).") from None
     if not isinstance(state, dict):
-        raise ValueError(f"'{weights}' holds a {type(state).__name__}, not a state dict.")
+        raise UsageError(f"'{weights}' holds a {type(state).__name__}, not a state dict.")
     return state

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from cinn.errors import DataError, UserError
+from cinn.limits import PhotoLimits
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 # Hasler & Suesstrunk (2003), Table 2: colourfulness below ~15 reads as "not colourful"; 5 only
@@ -24,7 +27,7 @@ _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(UserError):
     """A file that cannot be decoded as a photo.
 
     Attributes:
@@ -43,7 +46,9 @@ def load_rgb(path: str | os.PathLike, min_side: int | None = None) -> Image.Imag
     return load_rgb_and_alpha(path, min_side)[0]
 
 
-def load_rgb_and_alpha(path: str | os.PathLike, min_side: int | None = None) -> tuple[Image.Image, Image.Image | None]:
+def load_rgb_and_alpha(
+    path: str | os.PathLike, min_side: int | None = None, limits: PhotoLimits | None = None
+) -> tuple[Image.Image, Image.Image | None]:
     """Decode a photo as an 8-bit sRGB PIL image, upright as a viewer would show it.
 
     Transparent pixels are composited over white (as a viewer shows them on a page); dropping
@@ -55,6 +60,8 @@ def load_rgb_and_alpha(path: str | os.PathLike, min_side: int | None = None) -> 
         path: an image file.
         min_side: if given, a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (``Image.draft``, far
             cheaper than a full decode) as long as both sides stay at least ``min_side``.
+        limits: if given, a photo whose header declares a size beyond them is refused before it is
+            decoded.
 
     Returns:
         A PIL image in mode ``"RGB"``, and its alpha channel (mode ``"L"``) if it has one, else None.
@@ -63,7 +70,10 @@ def load_rgb_and_alpha(path: str | os.PathLike, min_side: int | None = None) -> 
         ImageLoadError: the file is missing, truncated, corrupt or of an unsupported kind.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # reads the header only
+            problem = limits.size_problem(*image.size) if limits is not None else None
+            if problem is not None:
+                raise ImageLoadError(path, problem)
             if min_side is not None:
                 image.draft(None, (min_side, min_side))
             image.load()
@@ -192,7 +202,7 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
     else:
         raise FileNotFoundError(f"Image source '{source}' is neither a folder nor a list file.")
     if not paths:
-        raise ValueError(f"Image source '{source}' holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
+        raise DataError(f"Image source '{source}' holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
     return sorted(set(paths))
 
 

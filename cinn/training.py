@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cinn.data import collate_skipping
+from cinn.errors import DeviceError, UserError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -26,7 +27,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
+        raise DeviceError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
     return torch.device(name)
 
 
@@ -139,7 +140,7 @@ def atomic_save(payload: Any, path: Path) -> None:
     os.replace(temporary, path)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be read: damaged, or holding more than tensors and plain values."""
 
 

@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import secrets
@@ -30,7 +31,9 @@ from PIL import Image
 
 from cinn import DEFAULT_MODEL
 from cinn.colorizer import Colorizer
+from cinn.errors import UsageError
 from cinn.images import ImageLoadError, load_rgb_and_alpha
+from cinn.limits import PhotoLimits
 from cinn.training import resolve_device
 from pipelines.cli import user_errors_exit
 
@@ -55,6 +58,11 @@ class Limits:
     max_samples: int = 16  # colorizations per click
     max_gallery: int = 64  # colorizations kept for one photo
     max_aspect_ratio: float = 10.0  # the model works at a fixed short side, so a sliver is a huge request
+
+    @property
+    def photo(self) -> PhotoLimits:
+        """The limits every program shares (``cinn.limits``), at this page's values."""
+        return PhotoLimits(self.max_megapixels, self.max_aspect_ratio, self.max_samples)
 
 
 @dataclass
@@ -82,7 +90,7 @@ def gradio_module() -> ModuleType:
     try:
         import gradio
     except ImportError:
-        raise RuntimeError('the web app needs Gradio: pip install -e ".[app]"') from None
+        raise UsageError('the web app needs Gradio: pip install -e ".[app]"') from None
     return gradio
 
 
@@ -103,23 +111,7 @@ class ColorizerApp:
 
     def read_photo(self, path: str) -> Image.Image:
         """The uploaded file as RGB (RGBA with its alpha); ImageLoadError with a reason otherwise."""
-        try:
-            with Image.open(path) as image:  # reads the header only
-                width, height = image.size
-        except Exception:  # load_rgb_and_alpha below names whatever is wrong with the file
-            width = height = 0
-        limits = self.limits
-        if width * height > limits.max_megapixels * 1e6:
-            reason = (
-                f"it has {width}x{height} pixels, more than this page's limit of {limits.max_megapixels:g} megapixels"
-            )
-            raise ImageLoadError(path, reason)
-        if max(width, height) > limits.max_aspect_ratio * min(width, height):
-            reason = (
-                f"its {width}x{height} pixels are longer than this page's limit of {limits.max_aspect_ratio:g} to 1"
-            )
-            raise ImageLoadError(path, reason)
-        rgb, alpha = load_rgb_and_alpha(path)
+        rgb, alpha = load_rgb_and_alpha(path, limits=self.limits.photo)  # the size is checked before decoding
         if alpha is not None:
             rgb.putalpha(alpha)
         return rgb
@@ -169,7 +161,10 @@ class ColorizerApp:
             full = f"The gallery holds at most {self.limits.max_gallery} colorizations; press **Colorize** to restart."
             return list(session.items), full, session
         count = max(1, min(int(num_samples), self.limits.max_samples, room))
-        temperature = min(max(float(temperature), 0.0), MAX_TEMPERATURE)  # the API accepts any number
+        temperature = float(temperature)  # the API accepts any number, NaN included
+        if not math.isfinite(temperature):
+            temperature = self.model.config.temperature
+        temperature = min(max(temperature, 0.0), MAX_TEMPERATURE)
         generator = torch.Generator(self.device)
         generator.set_state(session.generator_state)
         result = self.model.colorize_photo(session.photo, count, temperature, generator)
@@ -251,7 +246,7 @@ class ColorizerApp:
                 ssr_mode=False, mcp_server=False, pwa=False, footer_links=["api"], quiet=not block, css=CSS,
             )  # fmt: skip
         except OSError as error:
-            raise RuntimeError(f"cannot serve on {host}:{port}: {error}") from None
+            raise UsageError(f"cannot serve on {host}:{port}: {error}") from None
         return page
 
     def close(self) -> None:

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from cinn.config import ConfigError, load_config
-from cinn.images import ImageLoadError
+from cinn.config import load_config
+from cinn.errors import UserError
 from cinn.recipe import Recipe
 
-# Errors a user can cause; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ConfigError, FileNotFoundError, FileExistsError, ImageLoadError, ValueError, RuntimeError)
+# Errors a user can cause: the project's own, and what a path given on the command line can raise.
+# Anything else (a shape mismatch, out of memory, a failed collective) is a bug or an environment
+# problem and keeps its traceback.
+USER_ERRORS = (
+    UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError
+)  # fmt: skip
+TRACEBACK_VARIABLE = "CINN_TRACEBACK"  # set to 1 to see the traceback of a user error too
 
 
 def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
@@ -24,6 +30,8 @@ def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
         try:
             return main(*args, **kwargs)
         except USER_ERRORS as error:
+            if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+                raise
             print(f"error: {error}", file=sys.stderr)
             return 2
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import math
 import os
 import sys
 from pathlib import Path
@@ -22,11 +23,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from cinn import DEFAULT_MODEL
-from cinn.colorizer import Colorizer
+from cinn.colorizer import MAX_WORKING_SIDE, Colorizer
+from cinn.errors import UsageError, UserError
 from cinn.files import publish
-from cinn.images import IMAGE_EXTENSIONS, ImageLoadError, load_rgb_and_alpha
+from cinn.images import IMAGE_EXTENSIONS, load_rgb_and_alpha
+from cinn.limits import PhotoLimits
 from cinn.training import resolve_device
-from pipelines.cli import documented_parser, user_errors_exit
+from pipelines.cli import TRACEBACK_VARIABLE, documented_parser, user_errors_exit
 
 GRID_TILE_HEIGHT = 256
 
@@ -36,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="+", help="image files, folders or glob patterns")
     parser.add_argument("--n", type=int, default=8, help="colorizations per photo (default 8)")
     parser.add_argument(
-        "--temperature", type=float, default=None,
+        "--temperature", type=finite_non_negative, default=None,
         help="sampling temperature: 0 gives one deterministic result, higher is more varied "
         "(default: the model's own, chosen on its validation photos)",
     )  # fmt: skip
@@ -57,12 +60,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--working-side",
         type=int,
         default=None,
-        help="short side of the lightness the model sees (default: its training size)",
+        help=f"short side of the lightness the model sees, up to {MAX_WORKING_SIDE} (default: its training size)",
     )
+    defaults = PhotoLimits()
+    parser.add_argument(
+        "--max-megapixels",
+        type=float,
+        default=defaults.max_megapixels,
+        help=f"largest photo served, checked before decoding (default {defaults.max_megapixels:g})",
+    )
+    parser.add_argument(
+        "--max-aspect-ratio",
+        type=float,
+        default=defaults.max_aspect_ratio,
+        help=f"longest side over shortest side (default {defaults.max_aspect_ratio:g})",
+    )
+    parser.add_argument("--max-samples", type=int, default=defaults.max_samples,
+                        help=f"largest --n (default {defaults.max_samples})")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.n < 1 or args.temperature < 0 or args.interpolate < 0 or args.interpolate == 1:
-        parser.error("--n must be >= 1, --temperature >= 0 and --interpolate 0 or >= 2")
+    if args.interpolate < 0 or args.interpolate == 1:
+        parser.error("--interpolate must be 0 or >= 2")
+    try:
+        args.limits = PhotoLimits(args.max_megapixels, args.max_aspect_ratio, args.max_samples)
+        args.limits.check_samples(args.n)
+    except UsageError as error:
+        parser.error(str(error))
     return args
+
+
+def finite_non_negative(text: str) -> float:
+    """argparse type: a finite number >= 0 (NaN and inf would silently give black images)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
@@ -122,9 +156,9 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
         raise FileExistsError(f"'{existing[0]}' already exists (use --overwrite to replace it)")
     # The model sees ``rgb`` (already composited over white) and alpha is put back on the results:
     # handing it an RGBA image would composite semi-transparent pixels a second time.
-    rgb, alpha = load_rgb_and_alpha(path)
+    rgb, alpha = load_rgb_and_alpha(path, limits=args.limits)
     generator = torch.Generator(args.device).manual_seed(args.seed) if args.seed is not None else None
-    result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side)
+    result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side, args.limits)
     pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
     if args.interpolate:
         pictures.append(grid(model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)))
@@ -142,15 +176,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     model = Colorizer.from_pretrained(args.model, device=device)
+    if args.working_side is not None and not model.input_multiple <= args.working_side <= MAX_WORKING_SIDE:
+        raise UsageError(f"--working-side must be between {model.input_multiple} and {MAX_WORKING_SIDE}")
     args.out.mkdir(parents=True, exist_ok=True)
     paths = expand_inputs(args.inputs)
     failures = 0
     for path, name in tqdm(list(zip(paths, unique_names(paths), strict=True)), unit="photo", disable=len(paths) < 2):
         try:
             colorize_one(model, path, name, args)
-        except (ImageLoadError, FileExistsError, OSError) as error:
+        except (UserError, OSError, MemoryError, RuntimeError) as error:
+            # Every failure is this photo's alone: say which and go on with the others (an allocation
+            # failure in torch is a RuntimeError). CINN_TRACEBACK=1 shows where it came from.
+            if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+                raise
             failures += 1
-            tqdm.write(f"error: {path}: {error}", file=sys.stderr)
+            kind = "" if isinstance(error, (UserError, OSError)) else f"{type(error).__name__}: "
+            tqdm.write(f"error: {path}: {kind}{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
+                       file=sys.stderr)  # fmt: skip
     done = len(paths) - failures
     print(f"colorized {done} of {len(paths)} photo(s) into {args.out}/", file=sys.stderr)
     return 1 if failures else 0

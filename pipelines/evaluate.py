@@ -39,6 +39,7 @@ from cinn import metrics
 from cinn.color import denormalize_ab, denormalize_lightness, normalized_lab_to_rgb, rgb_to_lab
 from cinn.colorizer import Colorizer, conditioning_net_for
 from cinn.data import ColorizationDataset, DatasetConfig
+from cinn.errors import DataError, ReleaseError
 from cinn.fid import InceptionFeatures
 from cinn.images import ImageLoadError, list_images, load_rgb
 from cinn.inference import prepare_photo, recombine, to_pil
@@ -101,7 +102,7 @@ def load_regression_baseline(directory: Path, model: Colorizer, device: torch.de
     with safe_open(str(path), "pt") as handle:
         metadata = handle.metadata() or {}
     if "head_hidden_channels" not in metadata:
-        raise ValueError(f"'{path}' lacks the 'head_hidden_channels' metadata written by pretrain_condnet.py.")
+        raise ReleaseError(f"'{path}' lacks the 'head_hidden_channels' metadata written by pretrain_condnet.py.")
     hidden_channels = int(json.loads(metadata["head_hidden_channels"]))
     temperature = float(json.loads(metadata.get("baseline_temperature", str(ANNEALED_MEAN_TEMPERATURE))))
     baseline = PretrainingModel(conditioning_net_for(model.config), hidden_channels, prediction_temperature=temperature)
@@ -123,7 +124,7 @@ def read_categories(data: str, categories: Path | None) -> dict[str, str]:
             continue
         fields = line.split("\t")
         if len(fields) != 2 or not all(field.strip() for field in fields):
-            raise ValueError(f"{categories}:{number}: expected 'file name<TAB>category', got {line!r}")
+            raise DataError(f"{categories}:{number}: expected 'file name<TAB>category', got {line!r}")
         table[fields[0]] = fields[1]
     return table
 
@@ -290,19 +291,12 @@ def run_evaluation(
             progress.update(len(batch["path"]) + batch["num_skipped"])
 
 
-def load_model(directory: Path, device: torch.device) -> Colorizer:
-    if not directory.exists():
-        hint = " (the default model is not built yet, see README.md)" if directory == cinn.DEFAULT_MODEL else ""
-        raise FileNotFoundError(f"Model release '{directory}' does not exist{hint}; pass --model DIR.")
-    return Colorizer.from_pretrained(directory, device=device)
-
-
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_report_directory(args.out, args.overwrite)
     device = resolve_device(args.device)
-    model = load_model(args.model, device)
+    model = Colorizer.from_pretrained(args.model, device=device)
     if args.temperatures is None:
         args.temperatures = sorted({0.5, model.config.temperature, 1.0})
     baseline = load_regression_baseline(args.model, model, device)
@@ -314,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     collector = ReportCollector(args.sheet_images, inception)
     run_evaluation(model, baseline, paths, args, collector, categories)
     if not collector.records:
-        raise ValueError(f"None of the {len(paths)} photo(s) in '{args.data}' could be evaluated "
+        raise DataError(f"None of the {len(paths)} photo(s) in '{args.data}' could be evaluated "
                          "(unreadable or without colour).")  # fmt: skip
     evaluated = {os.path.normpath(record["path"]) for record in collector.records}
     settings = {

@@ -16,6 +16,7 @@ from torchvision.utils import make_grid
 from cinn.color import normalized_lab_to_rgb
 from cinn.config import save_config
 from cinn.data import split_train_val, write_split
+from cinn.errors import DataError, UsageError
 from cinn.images import list_images
 from cinn.recipe import Recipe
 
@@ -46,7 +47,7 @@ def prepare_run(
     is_main = int(os.environ.get("RANK", "0")) == 0
     if args.resume:
         if args.config is not None:
-            raise ValueError("--resume continues with the run's own config.yaml; change values with --set")
+            raise UsageError("--resume continues with the run's own config.yaml; change values with --set")
         if not (out / CONFIG).is_file():
             raise FileNotFoundError(f"'{out}' holds no run to resume (no {CONFIG})")
         recipe = load_recipe(out / CONFIG, args.overrides)
@@ -55,7 +56,7 @@ def prepare_run(
             save_config(recipe, out / CONFIG)
         return recipe, RunData(info["data"], list_images(out / TRAIN_LIST), list_images(out / VAL_LIST))
     if args.config is None or args.data is None:
-        raise ValueError("a new run needs --config and --data (or --resume to continue one)")
+        raise UsageError("a new run needs --config and --data (or --resume to continue one)")
     if (out / checkpoint).exists():
         raise FileExistsError(f"'{out}' already holds a training run; pass --resume or choose another --out")
     recipe = load_recipe(args.config, args.overrides)
@@ -65,7 +66,7 @@ def prepare_run(
     else:
         train, val = split_train_val(paths, args.data, recipe.data.val_fraction)
     if not train or not val:
-        raise ValueError(f"'{args.data}' gives {len(train)} training and {len(val)} validation photos; need both")
+        raise DataError(f"'{args.data}' gives {len(train)} training and {len(val)} validation photos; need both")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(recipe, out / CONFIG)

@@ -255,9 +255,55 @@ def test_help_has_an_example(capsys):
         assert option in text
 
 
-@pytest.mark.parametrize("bad", [["--n", "0"], ["--temperature", "-1"], ["--interpolate", "1"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--n", "0"], ["--n", "100000"], ["--temperature", "-1"], ["--temperature", "nan"], ["--temperature", "inf"],
+        ["--interpolate", "1"], ["--max-megapixels", "0"],
+    ],
+)  # fmt: skip
 def test_impossible_options_are_refused(bad, capsys):
     with pytest.raises(SystemExit) as exit_info:
         colorize_pipeline.main(["photo.jpg", *bad])
     assert exit_info.value.code == 2
     assert "must be" in capsys.readouterr().err
+
+
+def test_limits_are_checked_per_photo_before_decoding(tmp_path, debug_release, capsys):
+    """A sliver and an oversized photo are refused, each in one line, and the good photo is still done."""
+    Image.new("RGB", (500, 4), (200, 40, 40)).save(tmp_path / "a_sliver.png")  # 125 to 1
+    Image.new("RGB", (3000, 2000), (40, 200, 40)).save(tmp_path / "b_large.png")  # 6 megapixels
+    save_photo(tmp_path / "c_good.png")
+    out = tmp_path / "out"
+    code = run(debug_release, tmp_path / "a_sliver.png", tmp_path / "b_large.png", tmp_path / "c_good.png",
+               "--n", "2", "--out", out, "--max-megapixels", "5")  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "a_sliver.png" in err and "longer than the limit of 10 to 1" in err
+    assert "b_large.png" in err and "more than the limit of 5 megapixels" in err
+    assert sorted(path.name for path in out.iterdir()) == [
+        "c_good_color_01.png",
+        "c_good_color_02.png",
+        "c_good_grid.png",
+    ]
+    assert run(debug_release, tmp_path / "c_good.png", "--out", out, "--working-side", "-5") == 2
+    assert "--working-side must be between" in capsys.readouterr().err
+
+
+def test_the_python_api_checks_what_it_is_given(debug_release):
+    from cinn.errors import UsageError
+
+    model = Colorizer.from_pretrained(debug_release)
+    array = base_rgb().astype(np.uint8)
+    images = model.colorize(array, num_samples=2, temperature=0.5)  # a uint8 array is a photo too
+    assert [image.size for image in images] == [(WIDTH, HEIGHT)] * 2
+    for call, message in (
+        (lambda: model.colorize(array, num_samples=0), "number of samples must be between 1 and 64"),
+        (lambda: model.colorize(array, temperature=float("nan")), "temperature must be a finite number"),
+        (lambda: model.colorize(array, temperature=-1), "temperature must be a finite number >= 0"),
+        (lambda: model.colorize(Image.new("RGB", (0, 0))), "it has no pixels"),
+        (lambda: model.colorize(torch.rand(3, 8, 8)), "a photo is a PIL image"),
+        (lambda: model.colorize(array.astype(np.float32)), "a photo is a PIL image"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            call()

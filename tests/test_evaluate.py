@@ -140,7 +140,7 @@ def test_full_resolution_with_fid_and_no_baseline(tmp_path, release, photo_folde
 def test_user_errors_are_one_line(tmp_path, photo_folder, capsys, monkeypatch):
     monkeypatch.setattr(evaluate.cinn, "DEFAULT_MODEL", tmp_path / "no-model")
     assert evaluate.main(["--data", str(photo_folder), "--out", str(tmp_path / "r")]) == 2
-    assert "does not exist (the default model is not built yet, see README.md)" in capsys.readouterr().err
+    assert f"error: model release '{tmp_path / 'no-model'}' does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         evaluate.main(["--data", str(photo_folder), "--out", str(tmp_path / "r"), "--temperatures", "0.5,x"])
     bad = tmp_path / "bad.pt"

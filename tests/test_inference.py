@@ -14,6 +14,7 @@ from skimage.color import rgb2lab
 
 from cinn.color import lab_to_rgb
 from cinn.colorizer import Colorizer
+from cinn.errors import ReleaseError
 from cinn.inference import fit_to_gamut, interpolate_latents, working_size
 from cinn.upsample import guided_upsample
 
@@ -129,13 +130,32 @@ def test_sample_likelihood_equals_the_nll_of_the_sample(debug_release):
     assert bits.std() > 1e-3  # different samples, different likelihoods: the comparison means something
 
 
-def test_from_pretrained_names_what_is_missing(tmp_path, debug_release):
-    with pytest.raises(FileNotFoundError, match=r"'.*empty' is not a model release: it has no config\.yaml"):
+def test_from_pretrained_names_what_is_missing_or_damaged(tmp_path, debug_release):
+    with pytest.raises(ReleaseError, match=r"model release '.*nowhere' does not exist"):
+        Colorizer.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ReleaseError, match=r"'.*empty' is not a model release: it has no config\.yaml"):
         Colorizer.from_pretrained(tmp_path / "empty")
     partial = shutil.copytree(debug_release, tmp_path / "partial")
     (partial / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match=r"it has no model\.safetensors"):
+    with pytest.raises(ReleaseError, match=r"it has no model\.safetensors"):
         Colorizer.from_pretrained(partial)
+    weights = (debug_release / "model.safetensors").read_bytes()
+    config = (debug_release / "config.yaml").read_text()
+    damages = [
+        ("model.safetensors", b"", "is damaged or not safetensors"),
+        ("model.safetensors", weights[: len(weights) // 2], "is damaged or not safetensors"),
+        ("config.yaml", b"", "must hold the model's settings, not None"),
+        ("config.yaml", b"3\n", "must hold the model's settings, not 3"),
+        ("config.yaml", b"model: [unclosed\n", "is not valid YAML"),
+        ("config.yaml", config.replace("lightness_size: 16", "lightness_size: 0").encode(), "'lightness_size' must be"),
+        ("config.yaml", config.replace("width: 8", "width: 4").encode(), "does not match its config.yaml"),
+    ]
+    for number, (name, content, message) in enumerate(damages):
+        damaged = shutil.copytree(debug_release, tmp_path / f"damaged_{number}")
+        (damaged / name).write_bytes(content)
+        with pytest.raises(ReleaseError, match=message):
+            Colorizer.from_pretrained(damaged)
 
 
 def test_default_temperature_comes_from_the_release(tmp_path, debug_release):
@@ -184,7 +204,7 @@ def test_non_finite_weights_are_neither_written_nor_loaded(tmp_path, debug_relea
     name = next(key for key, value in tensors.items() if value.is_floating_point())
     tensors[name].view(-1)[0] = float("inf")
     save_file(tensors, damaged / "model.safetensors")
-    with pytest.raises(ValueError, match=f"1 non-finite value.*'{name}'"):
+    with pytest.raises(ReleaseError, match=f"1 non-finite value.*'{name}'"):
         Colorizer.from_pretrained(damaged)
 
 
