@@ -173,21 +173,42 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float, cosine:
     return multiplier
 
 
+class StopRequest:
+    """Whether SIGINT (Ctrl-C) or SIGTERM (``kill``, a cluster's pre-emption) asked the loop to stop.
+
+    The first signal only sets ``requested``; the loop checks it between steps, so a checkpoint is
+    always saved with weights and step counter of the same step (exact resume). A second signal
+    interrupts at once (``KeyboardInterrupt``), for a loop that does not come back.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def agreed(self, group: ProcessGroup, device: torch.device) -> bool:
+        """``requested`` on any rank: all ranks stop at the same step (a signal may reach only one)."""
+        if group.world_size == 1:
+            return self.requested
+        flag = torch.tensor([float(self.requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+
 @contextlib.contextmanager
-def stop_signals_interrupt() -> Iterator[None]:
-    """SIGINT (Ctrl-C) and SIGTERM (``kill``, a cluster's pre-emption) both raise KeyboardInterrupt,
-    so a training loop can save a checkpoint and exit; a shell starts background jobs with SIGINT
-    ignored, which this undoes."""
+def stop_signals() -> Iterator[StopRequest]:
+    """Routes SIGINT and SIGTERM to a ``StopRequest`` while the block runs (main thread only); a shell
+    starts background jobs with SIGINT ignored, which this undoes."""
+    request = StopRequest()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield request
         return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, request.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield request
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

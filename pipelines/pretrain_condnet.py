@@ -34,7 +34,7 @@ from cinn.training import (
     resolve_device,
     rng_state,
     set_rng_state,
-    stop_signals_interrupt,
+    stop_signals,
     training_loader,
     validation_loader,
 )
@@ -139,9 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     writer = SummaryWriter(args.out / "tensorboard")
     bar = tqdm(total=settings.steps, initial=step, dynamic_ncols=True)
     clock = time.perf_counter()
-    with stop_signals_interrupt():
+    with stop_signals() as stop:
         try:
             while step < settings.steps:
+                if stop.requested:  # between steps: the saved weights and step count agree
+                    save()
+                    print(f"\nstopped at step {step}; saved. Continue with --resume --out {args.out}", file=sys.stderr)
+                    return 130
                 batch = next(batches)
                 if not batch["path"]:
                     train_set.check_some_usable()
@@ -164,9 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                     tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
                 if step % settings.checkpoint_every == 0 or step == settings.steps:
                     save()
-        except KeyboardInterrupt:
-            save()
-            print(f"\ninterrupted at step {step}; saved. Continue with --resume --out {args.out}", file=sys.stderr)
+        except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, so nothing is saved
+            print(f"\ninterrupted twice: stopped without saving; {args.out / LAST} is the last good checkpoint",
+                  file=sys.stderr)  # fmt: skip
             return 130
         finally:
             bar.close()

@@ -17,6 +17,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from cinn.training import (
     load_checkpoint,
     rng_state,
     set_rng_state,
-    stop_signals_interrupt,
+    stop_signals,
     training_loader,
     validation_loader,
     warmup_cosine,
@@ -261,6 +262,88 @@ class Reporter:
         self.log_file.close()
 
 
+def start_or_resume(args, recipe: Recipe, model: Colorizer, optimizer, scheduler, train_set, device) -> Progress:
+    """The resumed loop state (weights, optimiser, schedule, RNG) or a fresh start (ActNorm initialised)."""
+    if args.resume:
+        checkpoint = load_checkpoint(args.out / LAST)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        set_rng_state(checkpoint["rng"])
+        return Progress(**checkpoint["progress"])
+    if any(isinstance(module, ActNorm) for module in model.modules()):
+        seed = recipe.train.seed + 1
+        first = training_loader(train_set, recipe.train.batch_size, 0, ResumableSampler(len(train_set), seed))
+        lightness, ab = next_batch(iter(first), Progress(), device, train_set)
+        model.flow.initialize(ab, model.conditions(lightness))
+    return Progress()
+
+
+def export_release(args, recipe: Recipe, model: Colorizer, progress: Progress, run) -> None:
+    """``runs/NAME/release``: config, weights with their provenance, model card, regression baseline."""
+    card = model_card(model, recipe, progress, run.data, (len(run.train), len(run.val)))
+    provenance = {"data": run.data, "train_photos": len(run.train), "steps": progress.step,
+                  "val_bits_per_dim": progress.last_val_bits_per_dim, "recipe": to_dict(recipe)}  # fmt: skip
+    release = model.save_pretrained(args.out / "release", card=card, **provenance)
+    if recipe.train.pretrained_conditioning:  # ship the deterministic baseline beside the model
+        baseline = Path(recipe.train.pretrained_conditioning).with_name("baseline.safetensors")
+        if baseline.is_file():
+            shutil.copyfile(baseline, release / "baseline.safetensors")
+    print(f"release written to {release}")
+
+
+@dataclass
+class Loop:
+    """What the optimisation loop works on."""
+
+    model: Colorizer
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    progress: Progress
+    batches: Iterator
+    train_set: ColorizationDataset
+
+
+def run_steps(args, recipe: Recipe, loop: Loop, group: ProcessGroup, device, reporter: Reporter | None) -> int | None:
+    """Steps until ``train.steps``; 130 if a stop signal came first (saved between two steps)."""
+    frozen, forward = None, None
+    progress = loop.progress
+    with stop_signals() as stop:
+        try:
+            while progress.step < recipe.train.steps:
+                # Checked between steps, so a saved checkpoint's weights and step always agree.
+                if stop.agreed(group, device):
+                    if group.is_main:
+                        save_checkpoint(args.out / LAST, loop.model, loop.optimizer, loop.scheduler, progress, recipe)
+                        print(f"\nstopped at step {progress.step}; saved. Continue with: "
+                              f"python pipelines/train.py --out {args.out} --resume", file=sys.stderr)  # fmt: skip
+                    return 130
+                if conditioning_frozen(recipe, progress.step) != frozen:
+                    frozen = conditioning_frozen(recipe, progress.step)
+                    forward = wrap(loop.model, frozen, group, device)
+                    forward = torch.compile(forward) if recipe.train.compile else forward
+                started = time.perf_counter()
+                lightness, ab = next_batch(loop.batches, progress, device, loop.train_set)
+                loss, grad_norm = optimisation_step(
+                    forward, loop.model, loop.optimizer, lightness, ab, recipe, progress
+                )
+                loop.scheduler.step()
+                progress.step += 1
+                progress.elapsed_seconds += time.perf_counter() - started
+                if reporter:
+                    images = lightness.shape[0] * group.world_size
+                    reporter.after_step(loop.model, loop.optimizer, loop.scheduler, progress, loss, grad_norm, images)
+        except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, so nothing is saved
+            print(f"\ninterrupted twice: stopped without saving; {args.out / LAST} is the last good checkpoint",
+                  file=sys.stderr)  # fmt: skip
+            return 130
+        finally:
+            # The DDP wrapper goes before the process group does (main's finally), on every path:
+            # a two-process run that outlived its wrapper's group has been seen to hang on exit.
+            del forward
+    return None
+
+
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
@@ -268,75 +351,37 @@ def main(argv: list[str] | None = None) -> int:
     group, device = init_distributed(recipe.train.device)
     train = recipe.train
     torch.manual_seed(train.seed)
+    try:
+        # Data: the split written in the run directory is the one used, also on resume.
+        dataset_config = recipe.data.dataset_config(recipe.model)
+        train_set = ColorizationDataset(run.train, train=True, config=dataset_config)
+        val_set = ColorizationDataset(run.val, train=False, config=dataset_config)
 
-    # Data: the split written in the run directory is the one used, also on resume.
-    dataset_config = recipe.data.dataset_config(recipe.model)
-    train_set = ColorizationDataset(run.train, train=True, config=dataset_config)
-    val_set = ColorizationDataset(run.val, train=False, config=dataset_config)
-    val_loader = validation_loader(val_set, train.batch_size, 0)
+        model = build_model(recipe, device)
+        optimizer, scheduler = build_optimizer(model, recipe)
+        progress = start_or_resume(args, recipe, model, optimizer, scheduler, train_set, device)
+        sampler = ResumableSampler(len(train_set), train.seed, progress.step * train.batch_size, group.rank,
+                                   group.world_size)  # fmt: skip
+        batches = iter(training_loader(train_set, train.batch_size, recipe.data.num_workers, sampler))
+        loop = Loop(model, optimizer, scheduler, progress, batches, train_set)
 
-    # Model, optimiser, and either a resumed state or a fresh start.
-    model = build_model(recipe, device)
-    optimizer, scheduler = build_optimizer(model, recipe)
-    progress = Progress()
-    if args.resume:
-        checkpoint = load_checkpoint(args.out / LAST)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        progress = Progress(**checkpoint["progress"])
-        set_rng_state(checkpoint["rng"])
-    elif any(isinstance(module, ActNorm) for module in model.modules()):
-        first = training_loader(train_set, train.batch_size, 0, ResumableSampler(len(train_set), train.seed + 1))
-        lightness, ab = next_batch(iter(first), Progress(), device, train_set)
-        model.flow.initialize(ab, model.conditions(lightness))
-    sampler = ResumableSampler(len(train_set), train.seed, progress.step * train.batch_size, group.rank,
-                               group.world_size)  # fmt: skip
-    batches = iter(training_loader(train_set, train.batch_size, recipe.data.num_workers, sampler))
-
-    reporter = Reporter(args.out, recipe, progress, val_loader, device) if group.is_main else None
-    frozen = None
-    with stop_signals_interrupt():
+        val_loader = validation_loader(val_set, train.batch_size, 0)
+        reporter = Reporter(args.out, recipe, progress, val_loader, device) if group.is_main else None
         try:
-            while progress.step < train.steps:
-                if conditioning_frozen(recipe, progress.step) != frozen:
-                    frozen = conditioning_frozen(recipe, progress.step)
-                    trained = wrap(model, frozen, group, device)
-                    forward = torch.compile(trained) if train.compile else trained
-                started = time.perf_counter()
-                lightness, ab = next_batch(batches, progress, device, train_set)
-                loss, grad_norm = optimisation_step(forward, model, optimizer, lightness, ab, recipe, progress)
-                scheduler.step()
-                progress.step += 1
-                progress.elapsed_seconds += time.perf_counter() - started
-                if reporter:
-                    images = lightness.shape[0] * group.world_size
-                    reporter.after_step(model, optimizer, scheduler, progress, loss, grad_norm, images)
-        except KeyboardInterrupt:
-            if group.is_main:
-                save_checkpoint(args.out / LAST, model, optimizer, scheduler, progress, recipe)
-                print(f"\ninterrupted at step {progress.step}; saved. Continue with: "
-                      f"python pipelines/train.py --out {args.out} --resume", file=sys.stderr)  # fmt: skip
-            return 130
+            stopped = run_steps(args, recipe, loop, group, device, reporter)
         finally:
             if reporter:
                 reporter.close()
-
-    if group.world_size > 1:
-        check_ranks_in_sync(model)
-    if group.is_main:
-        card = model_card(model, recipe, progress, run.data, (len(run.train), len(run.val)))
-        provenance = {"data": run.data, "train_photos": len(run.train), "steps": progress.step,
-                      "val_bits_per_dim": progress.last_val_bits_per_dim, "recipe": to_dict(recipe)}  # fmt: skip
-        release = model.save_pretrained(args.out / "release", card=card, **provenance)
-        if train.pretrained_conditioning:  # ship the deterministic baseline beside the model
-            baseline = Path(train.pretrained_conditioning).with_name("baseline.safetensors")
-            if baseline.is_file():
-                shutil.copyfile(baseline, release / "baseline.safetensors")
-        print(f"release written to {release}")
-    if group.world_size > 1:
-        dist.destroy_process_group()
-    return 0
+        if stopped is not None:
+            return stopped
+        if group.world_size > 1:
+            check_ranks_in_sync(model)
+        if group.is_main:
+            export_release(args, recipe, model, progress, run)
+        return 0
+    finally:
+        if group.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -98,23 +99,29 @@ def test_debug_run_writes_a_release_that_samples(tmp_path, photo_folder):
     assert run_train("--data", str(photo_folder), "--out", str(run)) == 2
 
 
-def test_resume_gives_the_same_weights(tmp_path, photo_folder, monkeypatch):
-    common = ["--data", str(photo_folder), "--set", "train.steps=4", "--set", "train.val_every=100"]
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path, photo_folder, monkeypatch,
+                                                                          signal_number):  # fmt: skip
+    """The signal arrives right after step 3's Adam update, before its step counter moves: the run
+    finishes the step, saves, and the resumed run ends with the uninterrupted run's weights."""
+    common = ["--data", str(photo_folder), "--set", "train.steps=5", "--set", "train.val_every=100",
+              "--set", "train.checkpoint_every=100"]  # fmt: skip
     assert run_train(*common, "--out", str(tmp_path / "straight")) == 0
 
-    real_next_batch, calls = train_pipeline.next_batch, []
+    real_step, calls = train_pipeline.optimisation_step, []
 
-    def interrupted_after_two_steps(*args, **kwargs):
+    def signal_after_the_third_update(*args, **kwargs):
+        result = real_step(*args, **kwargs)
         calls.append(1)
         if len(calls) == 3:
-            raise KeyboardInterrupt  # Ctrl-C during step 3
-        return real_next_batch(*args, **kwargs)
+            os.kill(os.getpid(), signal_number)  # as Ctrl-C or a cluster's pre-emption would
+        return result
 
-    monkeypatch.setattr(train_pipeline, "next_batch", interrupted_after_two_steps)
+    monkeypatch.setattr(train_pipeline, "optimisation_step", signal_after_the_third_update)
     assert run_train(*common, "--out", str(tmp_path / "resumed")) == 130
-    monkeypatch.setattr(train_pipeline, "next_batch", real_next_batch)
-    checkpoint = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)
-    assert checkpoint["progress"]["step"] == 2
+    monkeypatch.setattr(train_pipeline, "optimisation_step", real_step)
+    checkpoint = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
+    assert checkpoint["progress"]["step"] == 3
     assert train_pipeline.main(["--out", str(tmp_path / "resumed"), "--resume"]) == 0
 
     straight = load_file(tmp_path / "straight/release/model.safetensors")
