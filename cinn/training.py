@@ -135,9 +135,12 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def atomic_save(payload: Any, path: Path) -> None:
     """``torch.save`` to a temporary file, then rename: a crash never leaves a torn checkpoint."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        torch.save(payload, temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 class CheckpointError(UserError, ValueError):

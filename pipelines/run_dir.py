@@ -13,6 +13,11 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+try:  # POSIX; elsewhere runs go unlocked
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
+
 from cinn.color import normalized_lab_to_rgb
 from cinn.config import save_config
 from cinn.data import split_train_val, write_split
@@ -45,6 +50,8 @@ def prepare_run(
     """
     out: Path = args.out
     is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main and (args.resume or out.is_dir()):
+        lock_run(out)
     if args.resume:
         if args.config is not None:
             raise UsageError("--resume continues with the run's own config.yaml; change values with --set")
@@ -62,18 +69,39 @@ def prepare_run(
     recipe = load_recipe(args.config, args.overrides)
     paths = list_images(args.data)
     if args.val_data:
-        train, val = paths, list_images(args.val_data)
+        val = list_images(args.val_data)
+        held_out = {os.path.realpath(path) for path in val}  # --val-data may lie inside --data
+        train = [path for path in paths if os.path.realpath(path) not in held_out]
     else:
         train, val = split_train_val(paths, args.data, recipe.data.val_fraction)
     if not train or not val:
         raise DataError(f"'{args.data}' gives {len(train)} training and {len(val)} validation photos; need both")
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
+        lock_run(out)
         save_config(recipe, out / CONFIG)
         write_split(out, train, val)
         info = {"data": str(args.data), "val_data": args.val_data, "train": len(train), "val": len(val)}
         (out / RUN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return recipe, RunData(str(args.data), train, val)
+
+
+_LOCKS: dict[Path, object] = {}  # open lock files, held until the process ends
+
+
+def lock_run(out: Path) -> None:
+    """Hold an exclusive lock on ``out/.lock`` for the rest of this process: a second training program
+    pointed at the same run directory stops at once instead of fighting over its checkpoints."""
+    out = out.resolve()
+    if out in _LOCKS or fcntl is None:
+        return
+    handle = open(out / ".lock", "a")  # noqa: SIM115 (kept open on purpose: the lock lives as long as it)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise UsageError(f"another program is training in '{out}' (it holds {out / '.lock'})") from None
+    _LOCKS[out] = handle
 
 
 @torch.no_grad()

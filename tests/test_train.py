@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from safetensors.torch import load_file
 import pipelines.train as train_pipeline
 from cinn.colorizer import Colorizer
 from cinn.config import ConfigError, load_config
+from cinn.images import list_images
 from cinn.recipe import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,3 +217,33 @@ def test_no_usable_photo_is_an_error_not_an_endless_loop(tmp_path, program):
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "none of the 4 training photos is usable" in result.stderr
+
+
+def test_a_run_directory_serves_one_training_program_at_a_time(tmp_path, photo_folder, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, sys, time\n"
+        f"handle = open({str(run / '.lock')!r}, 'a'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        "print('locked', flush=True); time.sleep(60)\n"
+    )], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run_train("--data", str(photo_folder), "--out", str(run), "--set", "train.steps=1") == 2
+        assert f"another program is training in '{run.resolve()}'" in capsys.readouterr().err
+        assert not (run / "checkpoints").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_validation_photos_inside_the_data_folder_are_not_trained_on(tmp_path, photo_folder):
+    data = tmp_path / "kit"
+    shutil.copytree(photo_folder, data / "train")
+    shutil.copytree(photo_folder, data / "val", ignore=lambda folder, names: sorted(names)[4:])
+    run = tmp_path / "run"
+    assert run_train("--data", str(data), "--val-data", str(data / "val"), "--out", str(run),
+                     "--set", "train.steps=1") == 0  # fmt: skip
+    train = set(list_images(run / "train.txt"))
+    val = set(list_images(run / "val.txt"))
+    assert len(val) == 4 and not train & val and len(train) == len(list_images(photo_folder))
