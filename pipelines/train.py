@@ -32,6 +32,7 @@ from cinn.blocks import ActNorm
 from cinn.colorizer import Colorizer
 from cinn.config import to_dict
 from cinn.data import ColorizationDataset
+from cinn.errors import UserError
 from cinn.loss import map_loss
 from cinn.recipe import Recipe
 from cinn.training import (
@@ -53,8 +54,8 @@ from pipelines.run_dir import prepare_run, sample_grid
 LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
 
 
-class TrainingDiverged(RuntimeError):
-    pass
+class TrainingDiverged(UserError, RuntimeError):
+    """Too many non-finite steps in a row: the settings (learning rate, clipping) need a change."""
 
 
 @dataclass

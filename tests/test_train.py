@@ -206,14 +206,14 @@ def test_resume_never_runs_code_planted_in_a_checkpoint(tmp_path, photo_folder, 
 
 
 @pytest.mark.parametrize("program", ["train", "pretrain_condnet"])
-def test_no_usable_photo_is_an_error_not_an_endless_loop(tmp_path, program):
+def test_no_usable_photo_is_an_error_not_an_endless_loop(tmp_path, program, photo_folder):
     grey = tmp_path / "grey"
     grey.mkdir()
     for index in range(3):
         Image.new("RGB", (40, 32), (index * 60, index * 60, index * 60)).save(grey / f"grey_{index}.png")
     (grey / "broken.jpg").write_bytes(b"not a jpeg")
     command = [sys.executable, str(ROOT / "pipelines" / f"{program}.py"), "--config", DEBUG, "--data", str(grey),
-               "--val-data", str(grey), "--out", str(tmp_path / "run")]  # fmt: skip
+               "--val-data", str(photo_folder), "--out", str(tmp_path / "run")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "none of the 4 training photos is usable" in result.stderr
