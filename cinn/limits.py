@@ -26,6 +26,8 @@ class PhotoLimits:
     max_megapixels: float = 50.0
     max_aspect_ratio: float = 10.0
     max_samples: int = 64
+    name: str = "the limit"  # how messages call a limit ("this page's limit" in the web app)
+    flags: bool = True  # whether messages name the command-line flag that raises a limit
 
     def __post_init__(self) -> None:
         if not (self.max_megapixels > 0 and self.max_aspect_ratio >= 1 and self.max_samples >= 1):
@@ -39,21 +41,20 @@ class PhotoLimits:
         if width < 1 or height < 1:
             return f"it has no pixels ({width}x{height})"
         if width * height > self.max_megapixels * 1e6:
-            return (
-                f"it has {width}x{height} pixels, more than the limit of {self.max_megapixels:g} megapixels "
-                "(raise it with --max-megapixels)"
-            )
+            problem = f"it has {width}x{height} pixels, more than {self.name} of {self.max_megapixels:g} megapixels"
+            return problem + self.flag_hint("--max-megapixels")
         if max(width, height) > self.max_aspect_ratio * min(width, height):
-            return (
-                f"its {width}x{height} pixels are longer than the limit of {self.max_aspect_ratio:g} to 1 "
-                "(raise it with --max-aspect-ratio)"
-            )
+            problem = f"its {width}x{height} pixels are longer than {self.name} of {self.max_aspect_ratio:g} to 1"
+            return problem + self.flag_hint("--max-aspect-ratio")
         return None
+
+    def flag_hint(self, flag: str) -> str:
+        return f" (raise it with {flag})" if self.flags else ""
 
     def check_samples(self, count: int) -> None:
         """``UsageError`` unless 1 <= count <= max_samples."""
         if not 1 <= count <= self.max_samples:
             raise UsageError(
-                f"the number of samples must be between 1 and {self.max_samples}, got {count} "
-                "(raise the limit with --max-samples)"
+                f"the number of samples must be between 1 and {self.max_samples}, got {count}"
+                + self.flag_hint("--max-samples")
             )

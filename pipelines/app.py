@@ -62,7 +62,7 @@ class Limits:
     @property
     def photo(self) -> PhotoLimits:
         """The limits every program shares (``cinn.limits``), at this page's values."""
-        return PhotoLimits(self.max_megapixels, self.max_aspect_ratio, self.max_samples)
+        return PhotoLimits(self.max_megapixels, self.max_aspect_ratio, self.max_samples, "this page's limit", False)
 
 
 @dataclass

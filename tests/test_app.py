@@ -106,7 +106,7 @@ def test_bad_uploads_give_a_sentence_and_no_session(app, tmp_path):
 
 def test_main_reports_a_missing_model(tmp_path, capsys):
     assert main(["--model", str(tmp_path / "nothing"), "--port", "7999"]) == 2
-    assert "is not a model release" in capsys.readouterr().err
+    assert f"model release {str(tmp_path / 'nothing')!r} does not exist" in capsys.readouterr().err
 
 
 def free_port() -> int:

@@ -178,7 +178,7 @@ def test_default_temperature_comes_from_the_release(tmp_path, debug_release):
         with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
             model.sample(lightness, 1, bad)
     (release / "config.yaml").write_text(config.replace("temperature: 0.7", "temperature: .nan"))
-    with pytest.raises(ValueError, match="temperature must be a finite number"):
+    with pytest.raises(ReleaseError, match="'temperature' must be a finite number"):
         Colorizer.from_pretrained(release)
 
 
