@@ -47,7 +47,7 @@ from cinn.glow import ConditionalGlow, GlowConfig
 from cinn.loss import map_loss, sample_latents
 
 if TYPE_CHECKING:
-    from conditioning_nets import ConditioningNet
+    from cinn.conditioning_nets import ConditioningNet
 
 ROOT = Path(__file__).resolve().parent.parent
 LEARNING_RATE, L2_WEIGHT = 1e-5, 1e-5  # small: the weights must stay sane over the timed steps
@@ -85,7 +85,7 @@ def recipe_case(config: Path, batch: int) -> FlowCase:
 
 def paper_case(batch: int) -> FlowCase:
     """Ardizzone et al. 2019: ab 64x64, GlowConfig's defaults (4+6+6+6), the 'vgg' net's channels."""
-    from conditioning_nets import VggConditioningNet
+    from cinn.conditioning_nets import VggConditioningNet
 
     with torch.device("meta"):  # only its declared shapes are needed
         net = VggConditioningNet()

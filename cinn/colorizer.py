@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cinn.color import normalize_lightness, rgb_to_lab
+from cinn.conditioning_nets import ConditioningNet, build_conditioning_net
 from cinn.config import ConfigError, from_dict, save_config
 from cinn.errors import ReleaseError, UsageError
 from cinn.glow import ConditionalGlow
@@ -23,7 +24,6 @@ from cinn.inference import Colorization, interpolate_latents, prepare_photo, rec
 from cinn.limits import PhotoLimits
 from cinn.loss import bits_per_dim, negative_log_likelihood, sample_latents
 from cinn.recipe import ModelConfig
-from conditioning_nets import ConditioningNet, build_conditioning_net
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.yaml", "model.safetensors", "README.md"
 MAX_WORKING_SIDE = 1024  # lightness short side the model may be run at; far beyond any training size

@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 
 import kornia.color
+import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from cinn.color import (
@@ -49,14 +49,14 @@ def working_size(height: int, width: int, short_side: int, multiple: int) -> tup
 def pil_to_tensor(image: Image.Image) -> tuple[torch.Tensor, Image.Image | None, bool]:
     """PIL image of any mode -> ((1, 3, H, W) sRGB in [0, 1], alpha or None, whether it has colour)."""
     rgb, alpha = rgb_and_alpha(image)
-    tensor = TF.pil_to_tensor(rgb).float().div_(255.0).unsqueeze(0)
+    tensor = torch.from_numpy(np.array(rgb)).permute(2, 0, 1).float().div_(255.0).unsqueeze(0)
     thumbnail = F.interpolate(tensor, size=(64, 64), mode="area")[0]
     return tensor, alpha, not is_grayscale_photo(thumbnail)
 
 
 def to_pil(rgb: torch.Tensor, alpha: Image.Image | None) -> Image.Image:
     """(3, H, W) in [0, 1] (+ alpha) -> PIL RGB or RGBA."""
-    image = TF.to_pil_image(rgb.clamp(0, 1).mul(255).round().to(torch.uint8).cpu())
+    image = Image.fromarray(rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy())
     if alpha is not None:
         image.putalpha(alpha)
     return image

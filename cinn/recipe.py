@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import inspect
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from cinn.config import at_least, bounded, positive
-from cinn.data import DatasetConfig
+from cinn.conditioning_nets import REGISTRY
+from cinn.config import ConfigError, at_least, bounded, positive
 from cinn.glow import GlowConfig
-from conditioning_nets import REGISTRY
+
+if TYPE_CHECKING:  # the data pipeline (torchvision) is for training only: loading a release skips it
+    from cinn.data import DatasetConfig
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,8 @@ class DataConfig:
     num_workers: int = at_least(2, 0)
 
     def dataset_config(self, model: ModelConfig) -> DatasetConfig:
+        from cinn.data import DatasetConfig
+
         return DatasetConfig(
             lightness_size=model.lightness_size,
             ab_size=model.ab_size,
@@ -168,3 +174,22 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` if that file exists, else the shipped recipe of that name
+    (``default``, ``debug``, ``imagenet``: ``cinn.recipes``, the repository's ``configs/``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = path.name.removesuffix(".yaml")
+    if str(path) == path.name and name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config file '{name_or_path}' does not exist (shipped recipes: {', '.join(sorted(shipped))})")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every recipe shipped with the package."""
+    folder = Path(str(importlib.resources.files("cinn.recipes")))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}

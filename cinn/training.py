@@ -19,16 +19,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cinn.data import collate_skipping
-from cinn.errors import DeviceError, UserError
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when available, else CPU; 'cuda' without a GPU is a clear error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise DeviceError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
+from cinn.devices import resolve_device
+from cinn.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@
 
 from __future__ import annotations
 
-from conditioning_nets.base import ConditioningNet, level_strides
-from conditioning_nets.head import ColorizationHead, PretrainingModel
-from conditioning_nets.quantization import AbQuantizer, accumulate_bin_counts, rebalancing_weights
-from conditioning_nets.small import SmallConditioningNet
-from conditioning_nets.unet import UNetConditioningNet
-from conditioning_nets.vgg import VggConditioningNet
+from cinn.conditioning_nets.base import ConditioningNet, level_strides
+from cinn.conditioning_nets.head import ColorizationHead, PretrainingModel
+from cinn.conditioning_nets.quantization import AbQuantizer, accumulate_bin_counts, rebalancing_weights
+from cinn.conditioning_nets.small import SmallConditioningNet
+from cinn.conditioning_nets.unet import UNetConditioningNet
+from cinn.conditioning_nets.vgg import VggConditioningNet
 
 REGISTRY: dict[str, type[ConditioningNet]] = {
     "small": SmallConditioningNet,

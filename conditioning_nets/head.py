@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from cinn.conditioning_nets.base import ConditioningNet, conv_block
+from cinn.conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE, AbQuantizer, rebalancing_weights
 from torch import nn
 
 from cinn.color import AB_SCALE
-from conditioning_nets.base import ConditioningNet, conv_block
-from conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE, AbQuantizer, rebalancing_weights
 
 BIN_SPACING = 10.0  # Lab units; the unit of the regression term (``AbQuantizer``'s default grid)
 

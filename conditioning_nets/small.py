@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 
 import torch
+from cinn.conditioning_nets.base import ConditioningNet, GlobalFeatures, conv_block, level_strides
 from torch import nn
-
-from conditioning_nets.base import ConditioningNet, GlobalFeatures, conv_block, level_strides
 
 
 class SmallConditioningNet(ConditioningNet):

@@ -17,9 +17,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+from cinn.conditioning_nets.base import ConditioningNet, GlobalFeatures, conv_block, level_strides
 from torch import nn
-
-from conditioning_nets.base import ConditioningNet, GlobalFeatures, conv_block, level_strides
 
 
 class UNetConditioningNet(ConditioningNet):

@@ -21,15 +21,14 @@ previous level; the global vector is pooled from conv7. Zhang's BatchNorm is rep
 from __future__ import annotations
 
 import torch
-from torch import nn
-
-from conditioning_nets.base import (
+from cinn.conditioning_nets.base import (
     ConditioningNet,
     GlobalFeatures,
     conv_block,
     group_norm,
     level_strides,
 )
+from torch import nn
 
 DEFAULT_LEVEL_CHANNELS = (64, 128, 128, 256)
 BACKBONE_STRIDE = 8  # conv3 to conv7 run at 1/8 of the input

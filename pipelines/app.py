@@ -27,15 +27,15 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
+from cinn.programs.cli import user_errors_exit
 from PIL import Image
 
 from cinn import DEFAULT_MODEL
 from cinn.colorizer import Colorizer
+from cinn.devices import resolve_device
 from cinn.errors import UsageError
 from cinn.images import ImageLoadError, load_rgb_and_alpha
 from cinn.limits import PhotoLimits
-from cinn.training import resolve_device
-from pipelines.cli import user_errors_exit
 
 if TYPE_CHECKING:
     import gradio

@@ -43,7 +43,7 @@ def archive_members(archive: Path) -> Members:
         files = qt_resources(archive)
         return {path: functools.partial(files.__getitem__, path) for path in files}
     if name.endswith(".edj") or name.endswith(".eet"):
-        from pipelines.eet import EetError, eet_images
+        from cinn.programs.eet import EetError, eet_images
 
         try:
             images = eet_images(archive.read_bytes())

@@ -9,9 +9,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import cinn
 from cinn.config import load_config
 from cinn.errors import UserError
-from cinn.recipe import Recipe
+from cinn.recipe import Recipe, find_recipe
 
 # Errors a user can cause: the project's own, and what a path given on the command line can raise.
 # Anything else (a shape mismatch, out of memory, a failed collective) is a bug or an environment
@@ -39,11 +40,14 @@ def user_errors_exit(main: Callable[..., int]) -> Callable[..., int]:
 
 
 def documented_parser(docstring: str) -> argparse.ArgumentParser:
-    """A parser whose --help is the program's docstring: its first paragraph, then the rest (examples)."""
+    """A parser whose --help is the program's docstring (its first paragraph, then the rest: examples),
+    with --version."""
     summary, _, rest = docstring.partition("\n\n")
-    return argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         description=summary, epilog=rest, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (cinn-colorization {cinn.__version__})")
+    return parser
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +59,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
-    parser.add_argument("--config", type=Path, required=config_required, help="recipe YAML (configs/*.yaml)")
+    parser.add_argument(
+        "--config", type=Path, required=config_required,
+        help="recipe: a YAML file, or the name of a shipped one (default, debug, imagenet; configs/*.yaml)",
+    )  # fmt: skip
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -67,4 +74,5 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, config_required: bool 
 
 
 def load_recipe(path: Path, overrides: list[str]) -> Recipe:
-    return load_config(Recipe, path, overrides)
+    """The recipe file ``path``, or the shipped recipe of that name (``--config default``)."""
+    return load_config(Recipe, find_recipe(path), overrides)

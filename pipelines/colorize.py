@@ -19,17 +19,17 @@ import sys
 from pathlib import Path
 
 import torch
+from cinn.programs.cli import TRACEBACK_VARIABLE, documented_parser, user_errors_exit
 from PIL import Image
 from tqdm import tqdm
 
 from cinn import DEFAULT_MODEL
 from cinn.colorizer import MAX_WORKING_SIDE, Colorizer
+from cinn.devices import resolve_device
 from cinn.errors import UsageError, UserError
 from cinn.files import publish
 from cinn.images import IMAGE_EXTENSIONS, load_rgb_and_alpha
 from cinn.limits import PhotoLimits
-from cinn.training import resolve_device
-from pipelines.cli import TRACEBACK_VARIABLE, documented_parser, user_errors_exit
 
 GRID_TILE_HEIGHT = 256
 

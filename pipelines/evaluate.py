@@ -30,6 +30,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
+from cinn.conditioning_nets import PretrainingModel
+from cinn.conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE
+from cinn.programs.cli import documented_parser, user_errors_exit
+from cinn.programs.evaluation_report import ImageResult, ReportCollector, check_report_directory, row_name, write_report
 from safetensors import safe_open
 from safetensors.torch import load_file
 from tqdm import tqdm
@@ -44,10 +48,6 @@ from cinn.fid import InceptionFeatures
 from cinn.images import ImageLoadError, list_images, load_rgb
 from cinn.inference import prepare_photo, recombine, to_pil
 from cinn.training import resolve_device, validation_loader
-from conditioning_nets import PretrainingModel
-from conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE
-from pipelines.cli import documented_parser, user_errors_exit
-from pipelines.evaluation_report import ImageResult, ReportCollector, check_report_directory, row_name, write_report
 
 BASELINE_FILE = "baseline.safetensors"
 CATEGORIES_FILE = "categories.tsv"  # written by make_photo_kit.py beside each split's photos

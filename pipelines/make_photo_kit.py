@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import importlib.resources
 import io
 import shutil
 import sys
@@ -26,14 +27,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 import numpy as np
+from cinn.programs.archives import ArchiveError, has_member, read_member
+from cinn.programs.photo_sources import Source, SourceError, fetch_sources
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from cinn.images import IMAGE_EXTENSIONS
-from pipelines.archives import ArchiveError, has_member, read_member
-from pipelines.photo_sources import Source, SourceError, fetch_sources
 
-DEFAULT_LIST = Path(__file__).resolve().parent.parent / "configs" / "photo_kit.txt"
+DEFAULT_LIST = Path(str(importlib.resources.files("cinn.recipes") / "photo_kit.txt"))  # configs/photo_kit.txt
 SPLITS = ("train", "val", "test")
 CATEGORIES = ("people", "interiors", "streets", "vehicles", "animals", "plants", "landscapes", "objects")
 ARCHIVE_SEPARATOR = "!"  # ``usr/share/gcompris-qt/rcc/erase.rcc!gcompris/.../gorilla.webp``

@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 import torch
+from cinn.conditioning_nets import PretrainingModel, accumulate_bin_counts
+from cinn.programs.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
+from cinn.programs.run_dir import prepare_run
 from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
@@ -38,9 +41,6 @@ from cinn.training import (
     training_loader,
     validation_loader,
 )
-from conditioning_nets import PretrainingModel, accumulate_bin_counts
-from pipelines.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
-from pipelines.run_dir import prepare_run
 
 LAST = "checkpoints/last.pt"
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from cinn.programs.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
+from cinn.programs.run_dir import prepare_run, sample_grid
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
@@ -48,8 +50,6 @@ from cinn.training import (
     validation_loader,
     warmup_cosine,
 )
-from pipelines.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
-from pipelines.run_dir import prepare_run, sample_grid
 
 LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
 

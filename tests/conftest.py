@@ -29,7 +29,7 @@ def photo_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def debug_release(tmp_path_factory, photo_folder) -> Path:
     """A model release after two debug training steps: barely trained, but complete and seconds to build."""
-    import pipelines.train as train_pipeline
+    import cinn.programs.train as train_pipeline
 
     config = Path(__file__).resolve().parents[1] / "configs" / "debug.yaml"
     run = tmp_path_factory.mktemp("debug_run") / "run"

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cinn.programs.app import ColorizerApp, Limits, main
 from PIL import Image
 
 from cinn.colorizer import Colorizer
-from pipelines.app import ColorizerApp, Limits, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Gradio 6.31's queue statistics use pandas options that pandas 3 deprecates: not ours to fix.

@@ -5,13 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import cinn.programs.colorize as colorize_pipeline
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 from skimage.color import rgb2lab
 
-import pipelines.colorize as colorize_pipeline
 from cinn.colorizer import Colorizer
 
 WIDTH, HEIGHT = 203, 141  # odd on purpose: not multiples of any stride

@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import skimage.color
 import torch
-
-from cinn.color import AB_SCALE
-from conditioning_nets import (
+from cinn.conditioning_nets import (
     REGISTRY,
     AbQuantizer,
     PretrainingModel,
@@ -17,6 +15,8 @@ from conditioning_nets import (
     level_strides,
     rebalancing_weights,
 )
+
+from cinn.color import AB_SCALE
 
 # (registry name, constructor arguments, lightness sizes (H, W) to run)
 NETWORK_CASES = [

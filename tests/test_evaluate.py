@@ -6,22 +6,22 @@ import json
 import shutil
 from pathlib import Path
 
+import cinn.programs.evaluate as evaluate
+import cinn.programs.train as train_pipeline
 import pytest
 import torch
 import torchvision
 import torchvision.transforms.functional as TF
+from cinn.conditioning_nets import PretrainingModel
+from cinn.programs.evaluation_report import REPORT_FILES
 from PIL import Image
 from safetensors.torch import save_file
 
-import pipelines.evaluate as evaluate
-import pipelines.train as train_pipeline
 from cinn.color import AB_SCALE, rgb_to_lab
 from cinn.colorizer import Colorizer, conditioning_net_for
 from cinn.data import ColorizationDataset, DatasetConfig
 from cinn.fid import InceptionFeatures
 from cinn.images import list_images
-from conditioning_nets import PretrainingModel
-from pipelines.evaluation_report import REPORT_FILES
 
 ROOT = Path(__file__).resolve().parents[1]
 METRIC_NAMES = {

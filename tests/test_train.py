@@ -11,13 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cinn.programs.train as train_pipeline
 import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-import pipelines.train as train_pipeline
 from cinn.colorizer import Colorizer
 from cinn.config import ConfigError, load_config
 from cinn.images import list_images
