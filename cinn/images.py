@@ -171,10 +171,11 @@ def is_grayscale_photo(rgb: torch.Tensor, threshold: float = DEFAULT_GRAYSCALE_T
 def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> list[str]:
     """All photos in a folder tree, or the photos named in a list file, sorted.
 
-    A folder is searched recursively for files with an image extension (any case), so ImageNet's
-    ``train/<class>/*.JPEG`` and COCO's ``train2017/*.jpg`` need nothing special. A list file holds
-    one path per line, absolute or relative to ``root`` (default: the list file's folder); blank
-    lines and lines starting with ``#`` are ignored (a ``#`` later in a line is part of the name).
+    A folder is searched recursively (``find_images``: each real folder once, however many links
+    lead to it), so ImageNet's ``train/<class>/*.JPEG`` and COCO's ``train2017/*.jpg`` need nothing
+    special. A list file holds one path per line, absolute or relative to ``root`` (default: the
+    list file's folder); blank lines and lines starting with ``#`` are ignored (a ``#`` later in a
+    line is part of the name).
     ``cinn.data.write_split`` writes such files.
 
     Args:
@@ -190,12 +191,7 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
     """
     source = Path(source)
     if source.is_dir():
-        paths = [
-            os.path.join(folder, name)
-            for folder, _, names in os.walk(source, followlinks=True)
-            for name in names
-            if name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
+        paths = find_images(source)
     elif source.is_file():
         base = Path(root) if root is not None else source.parent
         paths = [os.path.normpath(base / line) for line in _read_list_lines(source)]
@@ -204,6 +200,28 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
     if not paths:
         raise DataError(f"Image source '{source}' holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
     return sorted(set(paths))
+
+
+def find_images(folder: str | os.PathLike) -> list[str]:
+    """Every file with an image extension (any case) in a folder tree, sorted.
+
+    Folder symlinks are followed, so a data set linked in from elsewhere is found, but each real
+    folder is walked once: a link back up the tree (``self -> .``) would otherwise repeat the tree
+    down to the system's limit on links (2 photos became 82 entries), and two ways into one folder
+    would put the same photos in training and validation under two names. At each level real
+    folders are walked before links, in name order, so the path kept for a photo never changes.
+    """
+    walked: set[tuple[int, int]] = set()
+    paths = []
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
+        status = os.stat(parent)
+        if (status.st_dev, status.st_ino) in walked:
+            subfolders.clear()  # os.walk descends only into what is left in the list
+            continue
+        walked.add((status.st_dev, status.st_ino))
+        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(parent, name)), name))
+        paths += [os.path.join(parent, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(paths)
 
 
 def _read_list_lines(list_file: Path) -> list[str]:

@@ -284,6 +284,19 @@ def test_list_images_walks_a_tree_and_reads_list_files(tmp_path):
     assert list_images(tmp_path / "list.txt", root="/data")[0] == "/data/train/n01/a.JPEG"
 
 
+def test_list_images_walks_each_real_folder_once(tmp_path):
+    for relative in ("data/a.png", "data/nested/b.jpg", "elsewhere/c.png"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    data = tmp_path / "data"
+    (data / "self").symlink_to(".")  # without a cycle check: 2 photos made 82 entries, in train and val alike
+    (data / "nested" / "up").symlink_to("..")
+    (data / "again").symlink_to("nested")  # a second way into one folder: its photos once, by the real path
+    (data / "linked").symlink_to(tmp_path / "elsewhere")  # a data set linked in from elsewhere is found
+    expected = [str(data / relative) for relative in ("a.png", "linked/c.png", "nested/b.jpg")]
+    assert list_images(data) == expected
+
+
 def test_list_images_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         list_images(tmp_path / "nowhere")
