@@ -121,15 +121,25 @@ def _grey_to_8bit(image: Image.Image) -> Image.Image:
 
     Pillow's own conversion clips some of these modes at 255. The value range is inferred from the
     mode: ``I;16*`` is 0-65535; for ``I`` and ``F`` the range is the smallest of [0, 1], [0, 255]
-    and [0, 65535] holding every pixel, and otherwise the image's own maximum.
+    and [0, 65535] holding every pixel, and otherwise the image's own maximum. Signed data (a
+    difference image, a height map) has no customary range, so its own minimum to maximum is used:
+    clipping at 0 would make it black.
+
+    Raises:
+        DataError: a pixel is NaN or infinite (it has no grey to show).
     """
     values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{int((~np.isfinite(values)).sum())} of its pixels are NaN or infinite")
+    low = float(values.min()) if values.size else 0.0
     if image.mode.startswith("I;16"):
-        full_scale = 65535.0
+        low, full_scale = 0.0, 65535.0
+    elif low < 0:
+        full_scale = float(values.max()) - low or 1.0
     else:
-        peak = float(values.max()) if values.size else 0.0
+        low, peak = 0.0, float(values.max()) if values.size else 0.0
         full_scale = next((scale for scale in (1.0, 255.0, 65535.0) if peak <= scale), peak)
-    scaled = np.clip(values / full_scale * 255.0, 0.0, 255.0)
+    scaled = np.clip((values - low) / full_scale * 255.0, 0.0, 255.0)
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 

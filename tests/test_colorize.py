@@ -341,3 +341,8 @@ def test_the_python_api_checks_what_it_is_given(debug_release):
     ):
         with pytest.raises(UsageError, match=message):
             call()
+    # A float photo with negative values (a difference image) keeps its contrast: it used to come back black.
+    signed = Image.fromarray(np.linspace(-1, 0, WIDTH * HEIGHT, dtype=np.float32).reshape(HEIGHT, WIDTH))
+    assert signed.mode == "F"
+    lightness_range = np.ptp(lightness(model.colorize(signed, num_samples=1, temperature=0)[0]))
+    assert lightness_range > 90, lightness_range

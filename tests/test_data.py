@@ -72,6 +72,10 @@ def test_grey_8bit_becomes_equal_channels(tmp_path):
         ("grey16.png", np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.uint16), [0, 64, 128, 255]),
         ("grey32.tif", np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.int32), [0, 64, 128, 255]),
         ("float.tif", np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32), [0, 64, 128, 255]),
+        # Signed data has no customary range: its own, never clipped at 0 (that made it black).
+        ("signed.tif", np.array([[-1.0, -0.5, 0.0, 1.0]], dtype=np.float32), [0, 64, 128, 255]),
+        ("negative.tif", np.array([[-4.0, -3.0, -2.0, -1.0]], dtype=np.float32), [0, 85, 170, 255]),
+        ("signed32.tif", np.array([[-1000, 0, 1000, 3000]], dtype=np.int32), [0, 64, 128, 255]),
     ],
 )
 def test_high_bit_depth_grey_is_rescaled_not_clipped(tmp_path, name, values, expected):
@@ -79,6 +83,12 @@ def test_high_bit_depth_grey_is_rescaled_not_clipped(tmp_path, name, values, exp
     loaded = loaded_array(tmp_path / name)
     np.testing.assert_allclose(loaded[0, :, 0], expected, atol=1)
     assert (loaded[..., 0] == loaded[..., 2]).all()
+
+
+def test_a_float_photo_with_nan_is_refused_not_black(tmp_path):
+    Image.fromarray(np.array([[0.0, np.nan, 0.5, 1.0]] * 3, dtype=np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(ImageLoadError, match=r"nan.tif': 3 of its pixels are NaN or infinite"):
+        load_rgb(tmp_path / "nan.tif")
 
 
 def test_16bit_grey_lightness_matches_skimage(tmp_path):
