@@ -121,15 +121,25 @@ def _grey_to_8bit(image: Image.Image) -> Image.Image:
 
     Pillow's own conversion clips some of these modes at 255. The value range is inferred from the
     mode: ``I;16*`` is 0-65535; for ``I`` and ``F`` the range is the smallest of [0, 1], [0, 255]
-    and [0, 65535] holding every pixel, and otherwise the image's own maximum.
+    and [0, 65535] holding every pixel, and otherwise the image's own maximum. Signed data (a
+    difference image, a height map) has no customary range, so its own minimum to maximum is used:
+    clipping at 0 would make it black.
+
+    Raises:
+        DataError: a pixel is NaN or infinite (it has no grey to show).
     """
     values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise DataError(f"{int((~np.isfinite(values)).sum())} of its pixels are NaN or infinite")
+    low = float(values.min()) if values.size else 0.0
     if image.mode.startswith("I;16"):
-        full_scale = 65535.0
+        low, full_scale = 0.0, 65535.0
+    elif low < 0:
+        full_scale = float(values.max()) - low or 1.0
     else:
-        peak = float(values.max()) if values.size else 0.0
+        low, peak = 0.0, float(values.max()) if values.size else 0.0
         full_scale = next((scale for scale in (1.0, 255.0, 65535.0) if peak <= scale), peak)
-    scaled = np.clip(values / full_scale * 255.0, 0.0, 255.0)
+    scaled = np.clip((values - low) / full_scale * 255.0, 0.0, 255.0)
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
 
 
@@ -171,10 +181,11 @@ def is_grayscale_photo(rgb: torch.Tensor, threshold: float = DEFAULT_GRAYSCALE_T
 def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> list[str]:
     """All photos in a folder tree, or the photos named in a list file, sorted.
 
-    A folder is searched recursively for files with an image extension (any case), so ImageNet's
-    ``train/<class>/*.JPEG`` and COCO's ``train2017/*.jpg`` need nothing special. A list file holds
-    one path per line, absolute or relative to ``root`` (default: the list file's folder); blank
-    lines and lines starting with ``#`` are ignored (a ``#`` later in a line is part of the name).
+    A folder is searched recursively (``find_images``: each real folder once, however many links
+    lead to it), so ImageNet's ``train/<class>/*.JPEG`` and COCO's ``train2017/*.jpg`` need nothing
+    special. A list file holds one path per line, absolute or relative to ``root`` (default: the
+    list file's folder); blank lines and lines starting with ``#`` are ignored (a ``#`` later in a
+    line is part of the name).
     ``cinn.data.write_split`` writes such files.
 
     Args:
@@ -190,12 +201,7 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
     """
     source = Path(source)
     if source.is_dir():
-        paths = [
-            os.path.join(folder, name)
-            for folder, _, names in os.walk(source, followlinks=True)
-            for name in names
-            if name.lower().endswith(IMAGE_EXTENSIONS)
-        ]
+        paths = find_images(source)
     elif source.is_file():
         base = Path(root) if root is not None else source.parent
         paths = [os.path.normpath(base / line) for line in _read_list_lines(source)]
@@ -204,6 +210,28 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
     if not paths:
         raise DataError(f"Image source '{source}' holds no images (extensions: {', '.join(IMAGE_EXTENSIONS)}).")
     return sorted(set(paths))
+
+
+def find_images(folder: str | os.PathLike) -> list[str]:
+    """Every file with an image extension (any case) in a folder tree, sorted.
+
+    Folder symlinks are followed, so a data set linked in from elsewhere is found, but each real
+    folder is walked once: a link back up the tree (``self -> .``) would otherwise repeat the tree
+    down to the system's limit on links (2 photos became 82 entries), and two ways into one folder
+    would put the same photos in training and validation under two names. At each level real
+    folders are walked before links, in name order, so the path kept for a photo never changes.
+    """
+    walked: set[tuple[int, int]] = set()
+    paths = []
+    for parent, subfolders, names in os.walk(folder, followlinks=True):
+        status = os.stat(parent)
+        if (status.st_dev, status.st_ino) in walked:
+            subfolders.clear()  # os.walk descends only into what is left in the list
+            continue
+        walked.add((status.st_dev, status.st_ino))
+        subfolders.sort(key=lambda name: (os.path.islink(os.path.join(parent, name)), name))
+        paths += [os.path.join(parent, name) for name in names if name.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(paths)
 
 
 def _read_list_lines(list_file: Path) -> list[str]:

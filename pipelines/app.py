@@ -3,7 +3,11 @@
 Every colorization comes from ``Colorizer.colorize_photo``, the call ``pipelines/colorize.py``
 makes; this file only adds the page. The server listens on localhost unless --host says otherwise,
 caps uploads in megabytes and in pixels, and contacts nothing on the internet (no usage reports,
-no share link, fonts served by the app itself). Needs the ``app`` extra: pip install -e ".[app]".
+no share link, fonts served by the app itself). Its resources are bounded: one colorization runs at
+a time and a few more may wait (beyond that a request is told the page is busy), previews never wait
+for the model, and a session's files are removed once it has been idle for the session time limit,
+when the tab closes, and when the server stops (Ctrl-C or SIGTERM). Needs the ``app`` extra:
+pip install -e ".[app]".
 
 Examples:
     python pipelines/app.py                                  # shipped model, http://127.0.0.1:7860
@@ -19,8 +23,13 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -41,8 +50,11 @@ if TYPE_CHECKING:
     import gradio
 
 MAX_TEMPERATURE = 1.5
+MAX_QUEUED_EVENTS = 64  # a last bound on requests Gradio holds before a handler runs (previews, a flood)
 # Gradio caps a gallery at 55% of the window and scrolls inside it; the page scrolls instead.
 CSS = "#gallery .grid-wrap.fixed-height { max-height: none; }"
+BUSY = "⏳ The page is busy: {count} colorizations are running or waiting. Please try again in a minute."
+EXPIRED = "This session has expired; press **Colorize** to start again."
 BITS_PER_DIM_NOTE = (
     "bits/dim: each sample's negative log-likelihood under the model (of a density, so it can be "
     "negative); lower is more probable."
@@ -58,6 +70,9 @@ class Limits:
     max_samples: int = 16  # colorizations per click
     max_gallery: int = 64  # colorizations kept for one photo
     max_aspect_ratio: float = 10.0  # the model works at a fixed short side, so a sliver is a huge request
+    max_waiting: int = 4  # colorization requests that may wait for the model; more are told the page is busy
+    session_seconds: float = 1800.0  # a session idle this long is forgotten and its files removed
+    max_sessions: int = 32  # sessions held in memory at once (each holds its decoded photo)
 
     @property
     def photo(self) -> PhotoLimits:
@@ -80,7 +95,9 @@ class Session:
 
 
 Gallery = list[tuple[str, str]]  # (image path, caption) pairs, as gr.Gallery takes them
-PageUpdate = tuple[Image.Image | None, Gallery, str, Session | None]  # gray input, gallery, status, state
+Unchanged = dict  # gr.skip(): the output keeps what it shows
+# gray input, gallery, status, state
+PageUpdate = tuple[Image.Image | Unchanged | None, Gallery | Unchanged, str, Session | None]
 
 
 def gradio_module() -> ModuleType:
@@ -108,6 +125,7 @@ class ColorizerApp:
         self.device = next(model.parameters()).device
         self._files = tempfile.TemporaryDirectory(prefix="cinn-app-")  # colorizations, removed on exit
         self.root = Path(self._files.name)
+        self.model_turns = ModelTurns(self.limits.max_waiting)
 
     def read_photo(self, path: str) -> Image.Image:
         """The uploaded file as RGB (RGBA with its alpha); ImageLoadError with a reason otherwise."""
@@ -117,8 +135,12 @@ class ColorizerApp:
         return rgb
 
     def preview(self, path: str | None, session: Session | None) -> PageUpdate:
-        """On upload: the gray input, or the reason the file cannot be used; clears the gallery."""
+        """On upload: the gray input, or the reason the file cannot be used; clears the gallery.
+
+        Needs no model, so it never waits behind colorizations (``build`` gives it its own queue).
+        """
         self.forget(session)
+        self.sweep()
         if path is None:
             return None, [], "", None
         try:
@@ -132,30 +154,44 @@ class ColorizerApp:
         self, path: str | None, num_samples: float, temperature: float, seed: float | None, session: Session | None
     ) -> PageUpdate:
         """Colorize button: a fresh gallery of ``num_samples`` colorizations of the uploaded photo."""
-        self.forget(session)
-        if path is None:
-            return None, [], "Upload a photo first.", None
-        try:
-            photo = self.read_photo(path)
-        except ImageLoadError as error:
-            return None, [], unreadable(path, error), None
-        seed = int(seed) if seed is not None else secrets.randbelow(2**31)
-        generator = torch.Generator(self.device).manual_seed(seed)
-        name = re.sub(r"[^\w.-]+", "_", Path(path).stem)[:60] or "photo"
-        folder = Path(tempfile.mkdtemp(dir=self.root))
-        session = Session(photo, Path(path).name, name, seed, folder, generator.get_state())
-        return gray(photo), *self.draw(session, num_samples, temperature)
+        self.sweep()
+        with self.model_turns.turn() as admitted:
+            if not admitted:  # the page keeps what it shows
+                gr = gradio_module()
+                return gr.skip(), gr.skip(), self.busy(), session
+            self.forget(session)
+            if path is None:
+                return None, [], "Upload a photo first.", None
+            try:
+                photo = self.read_photo(path)
+            except ImageLoadError as error:
+                return None, [], unreadable(path, error), None
+            seed = int(seed) if seed is not None else secrets.randbelow(2**31)
+            generator = torch.Generator(self.device).manual_seed(seed)
+            name = re.sub(r"[^\w.-]+", "_", Path(path).stem)[:60] or "photo"
+            folder = Path(tempfile.mkdtemp(dir=self.root))
+            session = Session(photo, Path(path).name, name, seed, folder, generator.get_state())
+            return gray(photo), *self.draw(session, num_samples, temperature)
 
     def more(
         self, num_samples: float, temperature: float, session: Session | None
     ) -> tuple[Gallery, str, Session | None]:
         """More samples button: adds colorizations after the ones already shown."""
+        self.sweep()
         if session is None:
             return [], "Upload a photo and press **Colorize** first.", None
-        return self.draw(session, num_samples, temperature)
+        if not session.folder.is_dir():  # swept: idle for longer than the session time limit
+            return [], EXPIRED, None
+        with self.model_turns.turn() as admitted:
+            if not admitted:
+                return list(session.items), self.busy(), session
+            return self.draw(session, num_samples, temperature)
 
     def draw(self, session: Session, num_samples: float, temperature: float) -> tuple[Gallery, str, Session]:
-        """Samples up to ``num_samples`` more colorizations -> (gallery items, status, session)."""
+        """Samples up to ``num_samples`` more colorizations -> (gallery items, status, session).
+
+        The caller holds the model's turn (``ModelTurns``).
+        """
         room = self.limits.max_gallery - len(session.items)
         if room <= 0:
             full = f"The gallery holds at most {self.limits.max_gallery} colorizations; press **Colorize** to restart."
@@ -170,12 +206,16 @@ class ColorizerApp:
         result = self.model.colorize_photo(session.photo, count, temperature, generator)
         session.generator_state = generator.get_state()
         session.original_bits_per_dim = result.original_bits_per_dim
+        session.folder.mkdir(exist_ok=True)  # a sweep may have come between the caller's check and now
         for image, bits in zip(result.images, result.bits_per_dim, strict=True):
             index = len(session.items) + 1
             path = session.folder / f"{session.name}_color_{index:02d}.png"
             image.save(path)
             session.items.append((str(path), f"#{index} · {bits:.3f} bits/dim · T={temperature:g}"))
         return list(session.items), self.status(session), session
+
+    def busy(self) -> str:
+        return BUSY.format(count=self.model_turns.limit)
 
     def status(self, session: Session) -> str:
         width, height = session.photo.size
@@ -191,14 +231,30 @@ class ColorizerApp:
         if session is not None:
             shutil.rmtree(session.folder, ignore_errors=True)
 
+    def sweep(self) -> None:
+        """Deletes the PNGs of sessions idle longer than the time limit.
+
+        Gradio forgets such a session's state (``time_to_live``), but a session it evicts or one
+        whose state was never stored (two clicks at once) calls no one: the folder's age decides.
+        """
+        cutoff = time.time() - self.limits.session_seconds
+        for folder in self.root.iterdir():
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+            except FileNotFoundError:  # another request swept it first
+                pass
+
     def build(self) -> gradio.Blocks:
         gr = gradio_module()
-        with gr.Blocks(title="cINN colorization", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
+        # Gradio's copies of uploads and colorizations live as long as a session may.
+        age = max(1, round(self.limits.session_seconds))
+        with gr.Blocks(title="cINN colorization", analytics_enabled=False, delete_cache=(min(600, age), age)) as page:
             gr.Markdown(
                 "# Colorize a photo\nEach sample is a different plausible colorization drawn from a conditional "
                 f"invertible network (model `{self.model_name}`). Colour photos are first reduced to their lightness."
             )
-            state = gr.State(None, delete_callback=self.forget)
+            state = gr.State(None, time_to_live=self.limits.session_seconds, delete_callback=self.forget)
             with gr.Row():
                 with gr.Column(scale=2, min_width=280):
                     photo = gr.File(label="Photo", type="filepath", elem_id="photo", height=120)
@@ -226,14 +282,20 @@ class ColorizerApp:
                         columns=3, object_fit="contain", buttons=["download", "fullscreen"],
                         elem_id="gallery",
                     )  # fmt: skip
-            # One queue for all three: the model serves one request at a time.
-            options = {"concurrency_id": "model", "concurrency_limit": 1}
-            photo.change(self.preview, [photo, state], [grayscale, gallery, status, state], **options)
+            # Gradio starts the model's requests at once and they take turns in ``ModelTurns``, which
+            # says "busy" to those beyond the waiting limit: Gradio's own queue would hold them without
+            # bound and without a word. A preview needs no model and never waits behind one.
+            options = {"concurrency_limit": None}
+            photo.change(
+                self.preview, [photo, state], [grayscale, gallery, status, state],
+                concurrency_id="preview", concurrency_limit=2,
+            )  # fmt: skip
             colorize.click(
                 self.colorize, [photo, num_samples, temperature, seed, state], [grayscale, gallery, status, state],
                 **options,
             )  # fmt: skip
             more.click(self.more, [num_samples, temperature, state], [gallery, status, state], **options)
+        page.queue(max_size=MAX_QUEUED_EVENTS)
         return page
 
     def launch(self, host: str, port: int, block: bool = True) -> gradio.Blocks:
@@ -244,6 +306,7 @@ class ColorizerApp:
                 server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
                 max_file_size=f"{self.limits.max_file_mb}mb", allowed_paths=[str(self.root)], show_error=True,
                 ssr_mode=False, mcp_server=False, pwa=False, footer_links=["api"], quiet=not block, css=CSS,
+                state_session_capacity=self.limits.max_sessions,
             )  # fmt: skip
         except OSError as error:
             raise UsageError(f"cannot serve on {host}:{port}: {error}") from None
@@ -251,6 +314,36 @@ class ColorizerApp:
 
     def close(self) -> None:
         self._files.cleanup()
+
+
+class ModelTurns:
+    """The model serves one request at a time; at most ``max_waiting`` more may wait for their turn.
+
+    A request beyond that is turned away at once rather than queued without bound (a queue of
+    colorizations of large photos would keep a browser waiting for many minutes).
+    """
+
+    def __init__(self, max_waiting: int):
+        self.limit = max_waiting + 1
+        self.admitted = 0  # requests running or waiting
+        self._counter = threading.Lock()
+        self._model = threading.Lock()
+
+    @contextmanager
+    def turn(self) -> Iterator[bool]:
+        """Yields True once it is this request's turn, or False at once if too many are waiting."""
+        with self._counter:
+            admitted = self.admitted < self.limit
+            self.admitted += admitted
+        if not admitted:
+            yield False
+            return
+        try:
+            with self._model:
+                yield True
+        finally:
+            with self._counter:
+                self.admitted -= 1
 
 
 def gray(photo: Image.Image) -> Image.Image:
@@ -284,9 +377,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-megapixels", type=float, default=Limits.max_megapixels, help="largest photo (default 16)"
     )
+    parser.add_argument(
+        "--session-minutes", type=float, default=Limits.session_seconds / 60,
+        help="a session idle this long is forgotten and its files removed (default 30)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    if not 0 < args.port < 65536 or args.max_file_mb < 1 or args.max_megapixels <= 0:
+    if not 0 < args.port < 65536 or args.max_file_mb < 1 or not args.max_megapixels > 0:
         parser.error("--port must be in 1-65535, --max-file-mb >= 1 and --max-megapixels > 0")
+    if not 0 < args.session_minutes < math.inf:
+        parser.error("--session-minutes must be a number > 0")
     return args
 
 
@@ -295,11 +394,25 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     gradio_module()  # a missing extra is reported before the model is loaded
     model = Colorizer.from_pretrained(args.model, device=resolve_device(args.device))
-    app = ColorizerApp(model, Limits(args.max_file_mb, args.max_megapixels), model_name=args.model.name)
+    limits = Limits(args.max_file_mb, args.max_megapixels, session_seconds=args.session_minutes * 60)
+    app = ColorizerApp(model, limits, model_name=args.model.name)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {args.host}: other machines can reach this page", file=sys.stderr)
-    app.launch(args.host, args.port)
+    # SIGTERM (a service manager's stop) ends the server as Ctrl-C does, so the files are removed.
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        app.launch(args.host, args.port)  # once the page is up, Gradio catches the interrupt itself
+    except KeyboardInterrupt:  # stopped while the page was starting
+        pass
+    finally:
+        app.close()
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """Signal handler: stop the main thread as Ctrl-C would (Gradio then closes its server)."""
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

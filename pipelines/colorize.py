@@ -12,6 +12,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import math
 import os
@@ -28,7 +29,7 @@ from cinn.colorizer import MAX_WORKING_SIDE, Colorizer
 from cinn.devices import resolve_device
 from cinn.errors import UsageError, UserError
 from cinn.files import publish
-from cinn.images import IMAGE_EXTENSIONS, load_rgb_and_alpha
+from cinn.images import IMAGE_EXTENSIONS, find_images, load_rgb_and_alpha
 from cinn.limits import PhotoLimits
 
 GRID_TILE_HEIGHT = 256
@@ -99,19 +100,76 @@ def finite_non_negative(text: str) -> float:
     return value
 
 
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders' images (recursively, sorted), glob patterns expanded."""
-    paths = []
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """The photos the command line names -> (paths, a sentence for each input that names none).
+
+    A file is taken as given; a folder gives its photos (``cinn.images.find_images``: each real
+    folder once, however many links lead to it); a glob pattern gives the photos it matches and
+    never a folder (``"album/**"`` matches the folders too). A photo reached twice, by a link or by
+    two inputs, is colorized once.
+    """
+    paths, problems, seen = [], [], set()
+    extensions = ", ".join(IMAGE_EXTENSIONS)
     for item in inputs:
-        if any(char in item for char in "*?["):
-            matches = sorted(glob.glob(item, recursive=True))
-            paths += [Path(match) for match in matches] or [Path(item)]
-        elif Path(item).is_dir():
-            found = [Path(root) / name for root, _, names in os.walk(item) for name in names]
-            paths += sorted(path for path in found if path.suffix.lower() in IMAGE_EXTENSIONS)
+        if any(char in item for char in "*?[") and not os.path.exists(item):  # photo[1].jpg is a name
+            found = glob_photos(item)
+            problem = f"'{item}' matches no photo (extensions: {extensions})"
+        elif os.path.isdir(item):
+            found = find_images(item)
+            problem = f"the folder '{item}' holds no photo (extensions: {extensions})"
         else:
-            paths.append(Path(item))
-    return paths
+            found, problem = [item], ""
+        if not found:
+            problems.append(problem)
+        for path in found:
+            if os.path.realpath(path) not in seen:
+                seen.add(os.path.realpath(path))
+                paths.append(Path(path))
+    return paths, problems
+
+
+def glob_photos(pattern: str) -> list[str]:
+    """The files with an image extension that a glob pattern matches, each once, sorted.
+
+    ``**`` is matched against the folder walk that ``--data`` uses (``cinn.images.find_images``):
+    Python's own ``glob`` follows folder links without a cycle check, so ``album/**`` with a link
+    ``self -> .`` would list every photo 40 times and two such links would never finish. Without
+    ``**`` a pattern reaches a fixed depth and ``glob`` serves; a photo it matches under several
+    paths (through links) is kept by the shortest, one without a link where there is one.
+    """
+    parts = Path(pattern).parts
+    if "**" in parts:
+        fixed = next(index for index, part in enumerate(parts) if any(char in part for char in "*?["))
+        base = str(Path(*parts[:fixed])) if fixed else "."
+        found = [path for path in find_images(base) if matches(parts[fixed:], Path(os.path.relpath(path, base)).parts)]
+        return sorted(found if fixed else [os.path.relpath(path) for path in found])
+    matches_found = [match for match in glob.glob(pattern) if os.path.isfile(match)]
+
+    def preference(match: str) -> tuple[int, bool, str]:
+        folder = os.path.dirname(match)
+        return match.count(os.sep), os.path.realpath(folder) != os.path.abspath(folder), match
+
+    shortest: dict[str, str] = {}
+    for match in sorted(matches_found, key=preference):
+        shortest.setdefault(os.path.realpath(match), match)
+    return sorted(match for match in shortest.values() if match.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def matches(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether path components match glob components: ``**`` is any number of folders, and a wildcard
+    never matches a hidden name (as in ``glob``)."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        for start in range(len(parts) + 1):
+            if matches(pattern[1:], parts[start:]):
+                return True
+            if start < len(parts) and parts[start].startswith("."):
+                return False
+        return False
+    if not parts or (parts[0].startswith(".") and not pattern[0].startswith(".")):
+        return False
+    return fnmatch.fnmatchcase(parts[0], pattern[0]) and matches(pattern[1:], parts[1:])
 
 
 def unique_names(paths: list[Path]) -> list[str]:
@@ -174,12 +232,16 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    paths, problems = expand_inputs(args.inputs)
+    if not paths:
+        raise UsageError("; ".join(problems))
     device = resolve_device(args.device)
     model = Colorizer.from_pretrained(args.model, device=device)
     if args.working_side is not None and not model.input_multiple <= args.working_side <= MAX_WORKING_SIDE:
         raise UsageError(f"--working-side must be between {model.input_multiple} and {MAX_WORKING_SIDE}")
     args.out.mkdir(parents=True, exist_ok=True)
-    paths = expand_inputs(args.inputs)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
     failures = 0
     for path, name in tqdm(list(zip(paths, unique_names(paths), strict=True)), unit="photo", disable=len(paths) < 2):
         try:
@@ -195,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                        file=sys.stderr)  # fmt: skip
     done = len(paths) - failures
     print(f"colorized {done} of {len(paths)} photo(s) into {args.out}/", file=sys.stderr)
-    return 1 if failures else 0
+    return 1 if failures or problems else 0
 
 
 if __name__ == "__main__":

@@ -326,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": [path for path in paths if os.path.normpath(path) not in evaluated],
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(args.out, settings, collector)
+    write_report(args.out, settings, collector, args.overwrite)
     print(f"evaluated {len(evaluated)} of {len(paths)} photo(s); report in {args.out}/", file=sys.stderr)
     return 0
 

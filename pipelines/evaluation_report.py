@@ -8,6 +8,7 @@ files.txt.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections import defaultdict
@@ -20,6 +21,7 @@ from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
 from cinn.fid import InceptionFeatures
+from cinn.files import publish
 from cinn.metrics import frechet_distance, summarize
 
 REPORT_FILES = ("metrics.json", "report.md", "contact_sheet.png", "temperature_plot.png", "files.txt")
@@ -298,8 +300,9 @@ def temperature_plot(aggregates: dict, temperatures: list[float], path: Path) ->
     figure.savefig(path)
 
 
-def write_report(out: Path, settings: dict, collector: ReportCollector) -> None:
-    """Writes the five report files into ``out`` (which must exist)."""
+def write_report(out: Path, settings: dict, collector: ReportCollector, overwrite: bool = False) -> None:
+    """Writes the report files into ``out`` (which must exist), all together (``cinn.files.publish``): a
+    report never mixes two runs, and a symlink in ``out`` is replaced, never written through."""
     settings = {**settings, "num_images": len(collector.records)}
     aggregates = aggregate(collector.records, settings["seed"])
     fid = collector.fid()
@@ -312,15 +315,21 @@ def write_report(out: Path, settings: dict, collector: ReportCollector) -> None:
         "fid": fid,
         "per_image": collector.records,
     }
-    (out / "metrics.json").write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
-    category_lines = category_markdown(collector.records, model_rows)
-    (out / "report.md").write_text(markdown_report(settings, aggregates, fid, category_lines), encoding="utf-8")
-    if collector.sheet:
-        contact_sheet(collector.sheet, model_rows).save(out / "contact_sheet.png")
-    else:  # --sheet-images 0: no sheet, and none left over from an overwritten report
-        (out / "contact_sheet.png").unlink(missing_ok=True)
-    temperature_plot(aggregates, settings["temperatures"], out / "temperature_plot.png")
+    markdown = markdown_report(settings, aggregates, fid, category_markdown(collector.records, model_rows))
     lines = [os.path.relpath(os.path.abspath(record["path"]), os.path.abspath(out)) for record in collector.records]
     header = f"# {len(lines)} photos evaluated, paths relative to this folder (read with cinn.images.list_images)\n"
     skipped = "".join(f"# skipped: {path}\n" for path in settings["skipped"])
-    (out / "files.txt").write_text(header + "".join(line + "\n" for line in lines) + skipped, encoding="utf-8")
+    texts = {
+        "metrics.json": json.dumps(document, indent=1) + "\n",
+        "report.md": markdown,
+        "files.txt": header + "".join(line + "\n" for line in lines) + skipped,
+    }
+    files = {
+        out / name: functools.partial(Path.write_text, data=text, encoding="utf-8") for name, text in texts.items()
+    }
+    files[out / "temperature_plot.png"] = functools.partial(temperature_plot, aggregates, settings["temperatures"])
+    if collector.sheet:
+        files[out / "contact_sheet.png"] = contact_sheet(collector.sheet, model_rows).save
+    publish(files, overwrite)
+    if not collector.sheet:  # --sheet-images 0: no sheet, and none left over from an overwritten report
+        (out / "contact_sheet.png").unlink(missing_ok=True)

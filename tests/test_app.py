@@ -11,14 +11,19 @@ import argparse
 import io
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from cinn.programs.app import ColorizerApp, Limits, main
+from cinn.programs.app import EXPIRED, ColorizerApp, Limits, main
 from PIL import Image
 
 from cinn.colorizer import Colorizer
@@ -37,7 +42,7 @@ CHROMIUM_FLAGS = [
 ]  # fmt: skip
 WIDTH, HEIGHT = 203, 141  # odd on purpose: not multiples of any stride
 CAPTION = re.compile(r"^#(\d+) · -?\d+\.\d{3} bits/dim · T=0\.8$")
-LIMITS = Limits(max_file_mb=1, max_megapixels=0.05)  # small, so the "huge" uploads are cheap
+LIMITS = Limits(max_file_mb=1, max_megapixels=0.05, max_waiting=1)  # small, so the "huge" uploads are cheap
 
 
 def write_photo(path: Path, width: int = WIDTH, height: int = HEIGHT) -> Path:
@@ -102,6 +107,119 @@ def test_bad_uploads_give_a_sentence_and_no_session(app, tmp_path):
             assert words in as_text(status), f"{name}: {status}"
     items, status, session = app.more(2, 0.7, None)
     assert (items, session) == ([], None) and "Colorize" in status
+
+
+@contextmanager
+def model_held(app: ColorizerApp, monkeypatch):
+    """While the block runs, a colorization that starts stays in the model (``entered`` is set) until the
+    block ends: a long colorization, without the wait."""
+    entered, release = threading.Event(), threading.Event()
+    colorize_photo = app.model.colorize_photo
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(120)
+        return colorize_photo(*args, **kwargs)
+
+    monkeypatch.setattr(app.model, "colorize_photo", held)
+    try:
+        yield entered
+    finally:
+        release.set()
+
+
+def wait_for(condition, seconds: float = 60.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_requests_beyond_the_waiting_limit_are_told_the_page_is_busy(app, tmp_path, monkeypatch):
+    import gradio  # noqa: F401  (imported by the server before any request; a first import is slow on a busy machine)
+
+    photo = str(write_photo(tmp_path / "photo.png"))
+    answers = []
+
+    def click(seed: int) -> threading.Thread:
+        thread = threading.Thread(target=lambda: answers.append(app.colorize(photo, 1, 0.5, seed, None)))
+        thread.start()
+        return thread
+
+    with model_held(app, monkeypatch) as entered:
+        running, waiting = click(1), click(2)  # LIMITS: one request in the model, one waiting
+        wait_for(lambda: entered.is_set() and app.model_turns.admitted == 2)
+        turned_away = click(3)
+        turned_away.join(60)
+        assert not turned_away.is_alive(), "a request beyond the waiting limit must be answered at once"
+        assert "The page is busy: 2 colorizations are running or waiting" in answers[0][2]
+        assert answers[0][3] is None, "a request turned away keeps no session"
+    running.join(120)
+    waiting.join(120)
+    for _, items, status, session in answers[1:]:
+        assert len(items) == 1 and "1 colorization" in status, "the requests that waited are served"
+        app.forget(session)
+
+
+def test_a_preview_never_waits_behind_a_colorization(app, tmp_path, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    photo = write_photo(tmp_path / "photo.png")
+    corrupt, words = bad_uploads(tmp_path)["corrupt"]
+    with serving(app) as url:
+        client = Client(url, verbose=False)
+        with model_held(app, monkeypatch) as entered:
+            colorization = client.submit(handle_file(str(photo)), 1, 0.5, 0, api_name="/colorize")
+            wait_for(entered.is_set)
+            _, _, status = client.submit(handle_file(str(corrupt)), api_name="/preview").result(timeout=30)
+            assert words in as_text(status)
+            assert not colorization.done(), "the colorization was still in the model"
+        assert "1 colorization" in as_text(colorization.result(timeout=120)[2])
+
+
+def test_an_idle_session_is_forgotten_and_its_files_removed(app, tmp_path):
+    import gradio as gr
+
+    photo = str(write_photo(tmp_path / "photo.png"))
+    idle = app.colorize(photo, 1, 0.5, 0, None)[3]  # e.g. an API caller's, which never closes its session
+    active = app.colorize(photo, 1, 0.5, 1, None)[3]
+    past = time.time() - app.limits.session_seconds - 1
+    os.utime(idle.folder, (past, past))
+    app.preview(None, None)  # every request sweeps
+    assert not idle.folder.exists() and active.folder.exists()
+    assert app.more(1, 0.5, idle) == ([], EXPIRED, None)
+    assert len(app.more(1, 0.5, active)[0]) == 2
+    app.forget(active)
+    # Gradio drops the session's state (the decoded photo) after the same time, and its own copies of the files.
+    page = app.build()
+    states = [block for block in page.blocks.values() if isinstance(block, gr.State)]
+    assert [state.time_to_live for state in states] == [app.limits.session_seconds]
+    assert page.delete_cache[1] == app.limits.session_seconds
+
+
+def test_sigterm_stops_the_server_and_removes_its_files(debug_release, tmp_path):
+    port = free_port()
+    env = {**os.environ, "TMPDIR": str(tmp_path), "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    command = [sys.executable, str(ROOT / "pipelines" / "app.py"), "--model", str(debug_release), "--port", str(port)]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(lambda: serves(port) or server.poll() is not None, seconds=300)  # a busy machine starts slowly
+        assert server.poll() is None, server.communicate()[0]
+        time.sleep(1)  # the stop may come while Gradio is still starting: the files must go then too
+        assert len(list(tmp_path.glob("cinn-app-*"))) == 1
+        server.send_signal(signal.SIGTERM)
+        output = server.communicate(timeout=60)[0]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, output
+    assert list(tmp_path.glob("cinn-app-*")) == [], "the colorizations' folder outlived the server"
+
+
+def serves(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_main_reports_a_missing_model(tmp_path, capsys):

@@ -199,10 +199,44 @@ def test_folders_and_globs_expand(tmp_path, debug_release):
     (tmp_path / "album" / "notes.txt").write_text("not a photo")
     save_photo(tmp_path / "loose" / "c.png", seed=3)
     save_photo(tmp_path / "loose" / "d.jpg", seed=4)
+    (tmp_path / "album" / "self").symlink_to(".")
     inputs = [tmp_path / "album", f"{tmp_path}/loose/*.png"]
     assert run(debug_release, *inputs, "--n", "1", "--temperature", "0", "--out", tmp_path / "out") == 0
     written = sorted(path.name for path in (tmp_path / "out").glob("*_color_01.png"))
     assert written == ["a_color_01.png", "b_color_01.png", "c_color_01.png"]
+    # "album/**" matches the folders and notes.txt too: only its photos are inputs, each once.
+    assert run(debug_release, f"{tmp_path}/album/**", "--n", "1", "--temperature", "0", "--out", tmp_path / "all") == 0
+    assert sorted(path.name for path in (tmp_path / "all").glob("*_color_01.png")) == written[:2]
+
+
+def test_each_photo_is_found_once_and_folders_are_never_inputs(tmp_path):
+    album = tmp_path / "album"
+    for relative in ("a.png", "nested/b.JPG", "notes.txt"):
+        (album / relative).parent.mkdir(parents=True, exist_ok=True)
+        (album / relative).write_bytes(b"")
+    (album / "self").symlink_to(".")  # a link back up the tree
+    (album / "again").symlink_to("nested")  # a second way into one folder
+    (album / "nested" / "up").symlink_to("..")
+    expected = [album / "a.png", album / "nested" / "b.JPG"]
+    for inputs in ([album], [f"{album}/**"], [f"{album}/**/*.*", album, album / "a.png"], [f"{album}/*/b.*"]):
+        paths, problems = colorize_pipeline.expand_inputs([str(item) for item in inputs])
+        assert problems == [], inputs
+        assert paths == (expected if inputs != [f"{album}/*/b.*"] else expected[1:]), inputs
+
+
+def test_an_input_without_photos_is_an_error(tmp_path, debug_release, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not a photo")
+    out = tmp_path / "out"
+    assert run(debug_release, tmp_path / "empty", "--out", out) == 2
+    assert f"error: the folder '{tmp_path / 'empty'}' holds no photo (extensions: .jpg" in capsys.readouterr().err
+    assert not out.exists()
+    save_photo(tmp_path / "good.png")
+    inputs = [tmp_path / "empty", f"{tmp_path}/*.jpg", tmp_path / "good.png"]
+    assert run(debug_release, *inputs, "--n", "1", "--temperature", "0", "--out", out) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 2 and "holds no photo" in errors[0] and f"'{tmp_path}/*.jpg' matches no photo" in errors[1]
+    assert sorted(path.name for path in out.iterdir()) == ["good_color_01.png", "good_grid.png"]
 
 
 def test_same_stem_in_two_folders_gives_two_results(tmp_path, debug_release):
@@ -307,3 +341,8 @@ def test_the_python_api_checks_what_it_is_given(debug_release):
     ):
         with pytest.raises(UsageError, match=message):
             call()
+    # A float photo with negative values (a difference image) keeps its contrast: it used to come back black.
+    signed = Image.fromarray(np.linspace(-1, 0, WIDTH * HEIGHT, dtype=np.float32).reshape(HEIGHT, WIDTH))
+    assert signed.mode == "F"
+    lightness_range = np.ptp(lightness(model.colorize(signed, num_samples=1, temperature=0)[0]))
+    assert lightness_range > 90, lightness_range

@@ -72,6 +72,10 @@ def test_grey_8bit_becomes_equal_channels(tmp_path):
         ("grey16.png", np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.uint16), [0, 64, 128, 255]),
         ("grey32.tif", np.array([[0, 257 * 64, 257 * 128, 65535]], dtype=np.int32), [0, 64, 128, 255]),
         ("float.tif", np.array([[0.0, 0.25, 0.5, 1.0]], dtype=np.float32), [0, 64, 128, 255]),
+        # Signed data has no customary range: its own, never clipped at 0 (that made it black).
+        ("signed.tif", np.array([[-1.0, -0.5, 0.0, 1.0]], dtype=np.float32), [0, 64, 128, 255]),
+        ("negative.tif", np.array([[-4.0, -3.0, -2.0, -1.0]], dtype=np.float32), [0, 85, 170, 255]),
+        ("signed32.tif", np.array([[-1000, 0, 1000, 3000]], dtype=np.int32), [0, 64, 128, 255]),
     ],
 )
 def test_high_bit_depth_grey_is_rescaled_not_clipped(tmp_path, name, values, expected):
@@ -79,6 +83,12 @@ def test_high_bit_depth_grey_is_rescaled_not_clipped(tmp_path, name, values, exp
     loaded = loaded_array(tmp_path / name)
     np.testing.assert_allclose(loaded[0, :, 0], expected, atol=1)
     assert (loaded[..., 0] == loaded[..., 2]).all()
+
+
+def test_a_float_photo_with_nan_is_refused_not_black(tmp_path):
+    Image.fromarray(np.array([[0.0, np.nan, 0.5, 1.0]] * 3, dtype=np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(ImageLoadError, match=r"nan.tif': 3 of its pixels are NaN or infinite"):
+        load_rgb(tmp_path / "nan.tif")
 
 
 def test_16bit_grey_lightness_matches_skimage(tmp_path):
@@ -282,6 +292,19 @@ def test_list_images_walks_a_tree_and_reads_list_files(tmp_path):
         str(tmp_path / "x.jpg"),
     ]
     assert list_images(tmp_path / "list.txt", root="/data")[0] == "/data/train/n01/a.JPEG"
+
+
+def test_list_images_walks_each_real_folder_once(tmp_path):
+    for relative in ("data/a.png", "data/nested/b.jpg", "elsewhere/c.png"):
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    data = tmp_path / "data"
+    (data / "self").symlink_to(".")  # without a cycle check: 2 photos made 82 entries, in train and val alike
+    (data / "nested" / "up").symlink_to("..")
+    (data / "again").symlink_to("nested")  # a second way into one folder: its photos once, by the real path
+    (data / "linked").symlink_to(tmp_path / "elsewhere")  # a data set linked in from elsewhere is found
+    expected = [str(data / relative) for relative in ("a.png", "linked/c.png", "nested/b.jpg")]
+    assert list_images(data) == expected
 
 
 def test_list_images_errors(tmp_path):

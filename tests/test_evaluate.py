@@ -176,3 +176,16 @@ def test_per_category_table(tmp_path, release, photo_folder):
 
     (data / evaluate.CATEGORIES_FILE).write_text("photo_00.png animals\n")
     assert evaluate.main([*arguments, "--overwrite"]) == 2  # a malformed line is a one-line error
+
+
+def test_an_overwritten_report_replaces_symlinks_and_never_writes_through_them(tmp_path, release, photo_folder):
+    out, outside = tmp_path / "report", tmp_path / "outside.md"
+    arguments = ["--model", str(release), "--data", str(photo_folder), "--out", str(out), "--limit", "2", "--n", "1"]
+    assert evaluate.main(arguments) == 0
+    outside.write_text("the user's own file\n")
+    (out / "report.md").unlink()
+    (out / "report.md").symlink_to(outside)
+    assert evaluate.main([*arguments, "--overwrite"]) == 0
+    assert outside.read_text() == "the user's own file\n"
+    assert not (out / "report.md").is_symlink() and "| model@" in (out / "report.md").read_text()
+    assert sorted(path.name for path in out.iterdir() if path.name.startswith(".")) == [], "temporaries left behind"
