@@ -102,7 +102,7 @@ def flow_case(label: str, ab_size: int, batch: int, flow: GlowConfig, net: Condi
         flow.hidden_channels,
         net.out_channels,
         net.global_channels,
-        flow.clamp,
+        flow.coupling_config.clamp,
     )
 
 
@@ -112,7 +112,7 @@ class Pair:
     def __init__(self, case: FlowCase, device: torch.device, build_freia: bool = True, build_ours: bool = True):
         torch.manual_seed(0)
         self.case, self.device = case, device
-        config = GlowConfig(case.steps_per_level, case.hidden_channels, case.clamp)
+        config = GlowConfig(case.steps_per_level, case.hidden_channels, coupling_settings={"clamp": case.clamp})
         ours = ConditionalGlow(config, case.condition_channels, case.global_channels)
         with torch.no_grad():  # away from the identity that a fresh coupling starts as
             for parameter in ours.parameters():

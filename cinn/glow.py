@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from cinn.blocks import (
     ActNorm,
+    Condition,
     ConditionalAffineCoupling,
+    ConditionalCoupling,
     FixedOrthogonalMixing,
     HaarDownsampling,
     InvertibleConv1x1LU,
@@ -18,10 +21,14 @@ from cinn.blocks import (
     InvertibleSequential,
     data_dependent_init,
 )
-from cinn.blocks.coupling import Condition, convolution_layout
-from cinn.config import positive
+from cinn.blocks.condition import convolution_layout
+from cinn.config import ConfigError, from_dict, positive, to_dict
 
 MIXINGS = {"orthogonal": FixedOrthogonalMixing, "lu": InvertibleConv1x1LU}
+# A coupling type: a ConditionalCoupling subclass; its Settings are a recipe's flow.coupling_settings.
+COUPLINGS: dict[str, type[ConditionalCoupling]] = {
+    "affine": ConditionalAffineCoupling,
+}
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,10 @@ class GlowConfig:
         steps_per_level: coupling steps at each level, fine to coarse (its length is the number
             of levels; the paper's colorization model uses (4, 6, 6, 6)).
         hidden_channels: width of the coupling subnetworks at each level.
-        clamp: ``alpha`` of the soft clamp of the coupling log-scales.
+        coupling: the coupling type, a name in ``COUPLINGS``: "affine" (the cINN's, with a soft-clamped
+            log-scale).
+        coupling_settings: that coupling's settings, the fields of its ``Settings`` (e.g. ``clamp`` of
+            the affine one); omitted ones take their defaults, and the config keeps them all.
         mixing: channel mixing between couplings: "orthogonal" (fixed random rotation, the
             cINN's choice) or "lu" (Glow's learned LU 1x1 convolution).
         actnorm: put Glow's ActNorm at the start of every step.
@@ -42,7 +52,8 @@ class GlowConfig:
 
     steps_per_level: tuple[int, ...] = positive((4, 6, 6, 6))
     hidden_channels: tuple[int, ...] = positive((64, 128, 128, 256))
-    clamp: float = positive(1.5)
+    coupling: str = "affine"
+    coupling_settings: dict[str, Any] = field(default_factory=dict)
     mixing: str = "orthogonal"
     actnorm: bool = False
     haar_scale: float = positive(1.0)
@@ -56,6 +67,37 @@ class GlowConfig:
             )
         if self.mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {sorted(MIXINGS)}, got {self.mixing!r}")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {self.coupling!r}")
+        # Every setting written out, so that a saved config does not depend on later defaults.
+        object.__setattr__(self, "coupling_settings", to_dict(self.coupling_config))
+
+    @property
+    def coupling_config(self) -> Any:
+        """``coupling_settings`` as the coupling's ``Settings``; a wrong key, type or range is a ConfigError."""
+        return from_dict(COUPLINGS[self.coupling].Settings, self.coupling_settings, prefix="coupling_settings.")
+
+    @classmethod
+    def prepare_values(cls, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """Checks ``coupling_settings`` against the coupling's ``Settings`` with the whole key in errors,
+        and reads the old place of the clamp.
+
+        Configs written before couplings were a family (releases up to 0.2.0) have ``clamp`` in the
+        flow section: it is the affine coupling's ``coupling_settings.clamp``, and is read as that where
+        neither ``coupling`` nor ``coupling_settings`` is given (with either, it is an error: a config
+        that mixes the two places is ambiguous).
+        """
+        if "clamp" in values:
+            if "coupling" in values or "coupling_settings" in values:
+                raise ConfigError(
+                    f"'{prefix}clamp' is the old place of the affine coupling's clamp; next to '{prefix}coupling' "
+                    f"or '{prefix}coupling_settings' write it as '{prefix}coupling_settings.clamp'"
+                )
+            values["coupling_settings"] = {"clamp": values.pop("clamp")}
+        coupling, settings = values.get("coupling", cls.coupling), values.get("coupling_settings", {})
+        if isinstance(coupling, str) and coupling in COUPLINGS and isinstance(settings, dict):
+            from_dict(COUPLINGS[coupling].Settings, settings, prefix=f"{prefix}coupling_settings.")
+        return values
 
     @property
     def num_levels(self) -> int:
@@ -63,10 +105,11 @@ class GlowConfig:
 
 
 def glow_step(channels: int, condition_channels: int, hidden_channels: int, config: GlowConfig, seed: int):
-    """One step: [ActNorm] -> channel mixing -> conditional affine coupling."""
+    """One step: [ActNorm] -> channel mixing -> conditional coupling."""
     blocks: list[InvertibleModule] = [ActNorm(channels)] if config.actnorm else []
     blocks.append(MIXINGS[config.mixing](channels, seed=seed))
-    blocks.append(ConditionalAffineCoupling(channels, condition_channels, hidden_channels, config.clamp))
+    coupling = COUPLINGS[config.coupling]
+    blocks.append(coupling(channels, condition_channels, hidden_channels, config.coupling_config))
     return blocks
 
 

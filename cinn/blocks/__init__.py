@@ -1,8 +1,10 @@
 """Invertible blocks: `forward(x, c=None) -> (y, logdet)` and `inverse(y, c=None) -> (x, logdet)`."""
 
 from cinn.blocks.actnorm import ActNorm, data_dependent_init
-from cinn.blocks.base import InvertibleModule
-from cinn.blocks.coupling import ConditionalAffineCoupling, soft_clamp
+from cinn.blocks.affine_coupling import AffineCouplingSettings, ConditionalAffineCoupling, soft_clamp
+from cinn.blocks.base import Condition, InvertibleModule
+from cinn.blocks.condition import ConditionedSubnet
+from cinn.blocks.coupling import ConditionalCoupling
 from cinn.blocks.haar import HaarDownsampling
 from cinn.blocks.lu_conv import InvertibleConv1x1LU
 from cinn.blocks.orthogonal import FixedOrthogonalMixing
@@ -10,7 +12,11 @@ from cinn.blocks.sequential import InvertibleSequential
 
 __all__ = [
     "ActNorm",
+    "AffineCouplingSettings",
+    "Condition",
     "ConditionalAffineCoupling",
+    "ConditionalCoupling",
+    "ConditionedSubnet",
     "FixedOrthogonalMixing",
     "HaarDownsampling",
     "InvertibleConv1x1LU",
