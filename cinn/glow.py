@@ -14,6 +14,7 @@ from cinn.blocks import (
     Condition,
     ConditionalAffineCoupling,
     ConditionalCoupling,
+    ConditionalSplineCoupling,
     FixedOrthogonalMixing,
     HaarDownsampling,
     InvertibleConv1x1LU,
@@ -28,6 +29,7 @@ MIXINGS = {"orthogonal": FixedOrthogonalMixing, "lu": InvertibleConv1x1LU}
 # A coupling type: a ConditionalCoupling subclass; its Settings are a recipe's flow.coupling_settings.
 COUPLINGS: dict[str, type[ConditionalCoupling]] = {
     "affine": ConditionalAffineCoupling,
+    "spline": ConditionalSplineCoupling,
 }
 
 
@@ -40,7 +42,7 @@ class GlowConfig:
             of levels; the paper's colorization model uses (4, 6, 6, 6)).
         hidden_channels: width of the coupling subnetworks at each level.
         coupling: the coupling type, a name in ``COUPLINGS``: "affine" (the cINN's, with a soft-clamped
-            log-scale).
+            log-scale) or "spline" (rational-quadratic splines, Durkan et al. 2019).
         coupling_settings: that coupling's settings, the fields of its ``Settings`` (e.g. ``clamp`` of
             the affine one); omitted ones take their defaults, and the config keeps them all.
         mixing: channel mixing between couplings: "orthogonal" (fixed random rotation, the

@@ -15,10 +15,12 @@ from cinn.blocks import (
     ActNorm,
     AffineCouplingSettings,
     ConditionalAffineCoupling,
+    ConditionalSplineCoupling,
     FixedOrthogonalMixing,
     HaarDownsampling,
     InvertibleConv1x1LU,
     InvertibleSequential,
+    SplineCouplingSettings,
 )
 from cinn.blocks.condition import constant_map_convolution
 from cinn.glow import COUPLINGS
@@ -78,6 +80,7 @@ def glow(config: GlowConfig, conditions: tuple[int, ...], global_channels: int, 
 
 
 SMALL_GLOW = GlowConfig(steps_per_level=(2, 2, 2), hidden_channels=(8, 8, 8))
+SPLINE = SplineCouplingSettings(bins=4, bound=1.5)
 CASES = [
     Case("coupling", lambda s: ConditionalAffineCoupling(4, 3, 8), (4, 4, 4), ((3, 4, 4),)),
     Case(
@@ -87,6 +90,9 @@ CASES = [
         ((2, 4, 4),),
     ),
     Case("coupling_unconditional", lambda s: ConditionalAffineCoupling(4, 0, 8), (4, 4, 4)),
+    # bound 1.5: x ~ N(0, 1) reaches the identity tails as well as the splines.
+    Case("spline", lambda s: ConditionalSplineCoupling(4, 3, 8, SPLINE), (4, 4, 4), ((3, 4, 4),)),
+    Case("spline_odd_unconditional", lambda s: ConditionalSplineCoupling(3, 0, 8, SPLINE), (3, 4, 4)),
     Case("orthogonal", lambda s: FixedOrthogonalMixing(4, seed=s), (4, 4, 4)),
     Case("actnorm", actnorm, (4, 4, 4)),
     Case("lu_conv", lambda s: InvertibleConv1x1LU(4, seed=s), (4, 4, 4)),
@@ -102,6 +108,13 @@ CASES = [
     Case(
         "glow_actnorm_lu_global",
         glow(GlowConfig((1, 2, 1), (8, 8, 8), mixing="lu", actnorm=True), (3, 4, 5), 6, 8),
+        (2, 8, 8),
+        ((3, 8, 8), (4, 4, 4), (5, 2, 2)),
+        global_channels=6,
+    ),
+    Case(
+        "glow_spline_global",
+        glow(GlowConfig((1, 2, 1), (8, 8, 8), coupling="spline", coupling_settings={"bins": 3}), (3, 4, 5), 6, 8),
         (2, 8, 8),
         ((3, 8, 8), (4, 4, 4), (5, 2, 2)),
         global_channels=6,
@@ -222,7 +235,7 @@ def test_new_couplings_start_as_identity():
 
 @pytest.mark.parametrize("name", sorted(COUPLINGS))
 def test_every_registered_coupling_starts_as_identity(name):
-    """Zero coefficients, the subnetworks' initial output, are the identity."""
+    """Zero coefficients, the subnetworks' initial output, are the identity (inside and outside a spline's bound)."""
     coupling = COUPLINGS[name](4, 3, 8)
     x, c = 4 * torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(2, 3, 5, 5, dtype=torch.float64)
     y, logdet = coupling.to(torch.float64)(x, c)
@@ -248,7 +261,7 @@ def test_actnorm_initialisation_is_explicit_and_saved():
     torch.testing.assert_close(reloaded(x, c)[0][0], glow_model(x, c)[0][0])
 
 
-@pytest.mark.parametrize("name", ["coupling", "glow_actnorm_lu_global"])
+@pytest.mark.parametrize("name", ["coupling", "spline", "glow_actnorm_lu_global", "glow_spline_global"])
 def test_shared_conditions_equal_repeated_ones(name):
     """Conditions of batch B / n serve n consecutive samples each, exactly as if repeat_interleave'd."""
     case = next(case for case in CASES if case.name == name)

@@ -1,15 +1,17 @@
-"""Couplings as a family in recipes and releases: their own settings, the old clamp key."""
+"""Couplings as a family in recipes and releases: choosing one, its own settings, the old clamp key."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
+import cinn.programs.train as train_pipeline
 import pytest
 import torch
 import yaml
 
 from cinn import DEFAULT_MODEL
+from cinn.blocks import ConditionalSplineCoupling, SplineCouplingSettings
 from cinn.colorizer import Colorizer
 from cinn.config import ConfigError, from_dict, load_config, save_config
 from cinn.glow import GlowConfig
@@ -19,9 +21,29 @@ ROOT = Path(__file__).resolve().parents[1]
 DEBUG = ROOT / "configs" / "debug.yaml"
 
 
+def test_a_recipe_chooses_the_coupling_and_gets_its_settings_in_full():
+    recipe = load_config(Recipe, DEBUG, ["model.flow.coupling=spline", "model.flow.coupling_settings.bins=5"])
+    assert recipe.model.flow.coupling_settings == {"bins": 5, "bound": SplineCouplingSettings().bound}
+    model = Colorizer(recipe.model)
+    couplings = [module for module in model.flow.modules() if isinstance(module, ConditionalSplineCoupling)]
+    assert len(couplings) == sum(recipe.model.flow.steps_per_level)
+    assert all(coupling.settings == SplineCouplingSettings(bins=5) for coupling in couplings)
+    # 3 * bins - 1 coefficients per element of the half a subnetwork transforms
+    first_half = couplings[0].split_sizes[0]
+    assert couplings[0].subnet_first[-1].out_channels == (3 * 5 - 1) * first_half
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
+        (["model.flow.coupling=spline", "model.flow.coupling_settings.bins=0"],
+         "'model.flow.coupling_settings.bins' must be >= 1 and <= 100, got 0"),
+        (["model.flow.coupling=spline", "model.flow.coupling_settings.bound=-1"],
+         "'model.flow.coupling_settings.bound' must be > 0, got -1"),
+        (["model.flow.coupling=spline", "model.flow.coupling_settings.bins=2.5"],
+         "'model.flow.coupling_settings.bins' must be of type int"),
+        (["model.flow.coupling=spline", "model.flow.coupling_settings.clamp=1"],
+         "unknown config key 'model.flow.coupling_settings.clamp' (known: bins, bound)"),
         (["model.flow.coupling_settings.bins=4"],
          "unknown config key 'model.flow.coupling_settings.bins' (known: clamp)"),
         (["model.flow.clamp=1", "model.flow.coupling=affine"],
@@ -65,3 +87,19 @@ def test_a_release_written_with_the_old_clamp_key_loads_as_the_same_model(tmp_pa
     ab = torch.randn(2, 2, 32, 32)
     with torch.no_grad():
         assert torch.equal(model_old.nll(lightness, ab), model_new.nll(lightness, ab))
+
+
+def test_a_spline_model_trains_and_its_release_samples(tmp_path, photo_folder):
+    run = tmp_path / "run"
+    argv = ["--config", str(DEBUG), "--data", str(photo_folder), "--out", str(run), "--set", "train.steps=2",
+            "--set", "model.flow.coupling=spline", "--set", "model.flow.coupling_settings.bins=4"]  # fmt: skip
+    assert train_pipeline.main(argv) == 0
+    written = yaml.safe_load((run / "release" / "config.yaml").read_text())["flow"]
+    assert written["coupling"] == "spline" and written["coupling_settings"]["bins"] == 4
+    assert "spline couplings (bins 4, bound 3.0)" in (run / "release" / "README.md").read_text()
+    model = Colorizer.from_pretrained(run / "release")
+    lightness = torch.randn(1, 1, 16, 16)
+    ab, bits = model.sample_with_likelihood(lightness, 3, generator=torch.Generator().manual_seed(0))
+    assert ab.shape == (1, 3, 2, 8, 8) and torch.isfinite(bits).all()
+    # The reported likelihood of a sample is the forward pass's on that sample.
+    torch.testing.assert_close(model.nll(lightness.expand(3, -1, -1, -1), ab[0]), bits[0], atol=1e-4, rtol=1e-4)

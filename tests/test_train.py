@@ -59,7 +59,7 @@ def test_config_errors_name_the_key(tmp_path, capsys, photo_folder):
         ("train.lr=.inf", "'train.lr' must be a finite number"),
         ("model.flow.coupling_settings.clamp=0", "'model.flow.coupling_settings.clamp' must be > 0"),
         ("model.flow.coupling_settings.clamp=.nan", "'model.flow.coupling_settings.clamp' must be a finite number"),
-        ("model.flow.coupling=nosuch", "coupling must be one of ['affine'], got 'nosuch'"),
+        ("model.flow.coupling=nosuch", "coupling must be one of ['affine', 'spline'], got 'nosuch'"),
         ("train.steps=0", "'train.steps' must be > 0"),
         ("train.log_every=0", "'train.log_every' must be > 0"),
         ("train.checkpoint_every=0", "'train.checkpoint_every' must be > 0"),

@@ -9,6 +9,7 @@ from cinn.blocks.haar import HaarDownsampling
 from cinn.blocks.lu_conv import InvertibleConv1x1LU
 from cinn.blocks.orthogonal import FixedOrthogonalMixing
 from cinn.blocks.sequential import InvertibleSequential
+from cinn.blocks.spline_coupling import ConditionalSplineCoupling, SplineCouplingSettings
 
 __all__ = [
     "ActNorm",
@@ -16,12 +17,14 @@ __all__ = [
     "Condition",
     "ConditionalAffineCoupling",
     "ConditionalCoupling",
+    "ConditionalSplineCoupling",
     "ConditionedSubnet",
     "FixedOrthogonalMixing",
     "HaarDownsampling",
     "InvertibleConv1x1LU",
     "InvertibleModule",
     "InvertibleSequential",
+    "SplineCouplingSettings",
     "data_dependent_init",
     "soft_clamp",
 ]
