@@ -115,6 +115,24 @@ def glow_step(channels: int, condition_channels: int, hidden_channels: int, conf
     return blocks
 
 
+def level_layout(in_channels: int, num_levels: int) -> list[tuple[int, int]]:
+    """(channels its steps run on, channels it splits off as its latent) of each level: the Haar
+    downsampling before every level but the first multiplies the channels by 4; every level but the
+    last hands half of them out (none when fewer than 4 remain), the last level all of them."""
+    layout, channels = [], in_channels
+    for level in range(num_levels):
+        channels *= 4 if level > 0 else 1
+        split = channels if level == num_levels - 1 else (channels // 2 if channels >= 4 else 0)
+        layout.append((channels, split))
+        channels -= split
+    return layout
+
+
+def level_size(height: int, width: int, level: int) -> tuple[int, int]:
+    """(H, W) at which ``level`` runs for ab of ``height`` x ``width``: halved by each Haar downsampling."""
+    return height >> level, width >> level
+
+
 class ConditionalGlow(nn.Module):
     """Multi-scale conditional Glow mapping ab (B, 2, H, W) to one latent per level.
 
@@ -149,12 +167,10 @@ class ConditionalGlow(nn.Module):
         self.in_channels = in_channels
         self.global_channels = global_channels
         self.levels = nn.ModuleList()
-        split_channels, channels, seed = [], in_channels, config.seed
-        for level, num_steps in enumerate(config.steps_per_level):
-            blocks: list[InvertibleModule] = []
-            if level > 0:
-                blocks.append(HaarDownsampling(config.haar_scale))
-                channels *= 4
+        layout = level_layout(in_channels, config.num_levels)
+        seed = config.seed
+        for level, (num_steps, (channels, _)) in enumerate(zip(config.steps_per_level, layout, strict=True)):
+            blocks: list[InvertibleModule] = [HaarDownsampling(config.haar_scale)] if level > 0 else []
             level_condition = condition_channels[level]
             if level == config.num_levels - 1:
                 level_condition += global_channels
@@ -162,22 +178,12 @@ class ConditionalGlow(nn.Module):
                 blocks += glow_step(channels, level_condition, config.hidden_channels[level], config, seed)
                 seed += 1
             self.levels.append(InvertibleSequential(*blocks))
-            is_last = level == config.num_levels - 1
-            split = channels if is_last else (channels // 2 if channels >= 4 else 0)
-            split_channels.append(split)
-            channels -= split
-        self.split_channels = tuple(split_channels)
+        self.split_channels = tuple(split for _, split in layout)
 
     def latent_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
         """(C, H, W) of each level's latent for ab of size ``height`` x ``width``."""
-        shapes, channels = [], self.in_channels
-        for level, split in enumerate(self.split_channels):
-            if level > 0:
-                channels, height, width = channels * 4, height // 2, width // 2
-            if split:
-                shapes.append((split, height, width))
-            channels -= split
-        return shapes
+        sizes = [level_size(height, width, level) for level in range(self.config.num_levels)]
+        return [(split, *size) for split, size in zip(self.split_channels, sizes, strict=True) if split]
 
     def _level_conditions(self, c: Sequence[torch.Tensor], height: int, width: int) -> list[Condition]:
         """Checks the conditions against the flow; the last level gets (map, global vector)."""
@@ -186,7 +192,7 @@ class ConditionalGlow(nn.Module):
             raise ValueError(f"expected {expected} condition tensors, got {len(c)}")
         maps = list(c[: self.config.num_levels])
         for level, condition in enumerate(maps):
-            size = (height >> level, width >> level)
+            size = level_size(height, width, level)
             if tuple(condition.shape[2:]) != size:
                 raise ValueError(
                     f"condition {level} has spatial size {tuple(condition.shape[2:])}, level {level} of "
