@@ -29,7 +29,6 @@ import argparse
 import dataclasses
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ import torch
 from end_to_end import end_to_end_rows
 from freia_glow import build_freia_glow, copy_weights, freia_conditions, max_difference, trainable_parameters
 from report import machine, markdown, update_readme
+from timing import interleaved, synchronize
 
 from cinn.glow import ConditionalGlow, GlowConfig
 from cinn.loss import map_loss, sample_latents
@@ -102,7 +102,7 @@ def flow_case(label: str, ab_size: int, batch: int, flow: GlowConfig, net: Condi
         flow.hidden_channels,
         net.out_channels,
         net.global_channels,
-        flow.clamp,
+        flow.coupling_config.clamp,
     )
 
 
@@ -112,7 +112,7 @@ class Pair:
     def __init__(self, case: FlowCase, device: torch.device, build_freia: bool = True, build_ours: bool = True):
         torch.manual_seed(0)
         self.case, self.device = case, device
-        config = GlowConfig(case.steps_per_level, case.hidden_channels, case.clamp)
+        config = GlowConfig(case.steps_per_level, case.hidden_channels, coupling_settings={"clamp": case.clamp})
         ours = ConditionalGlow(config, case.condition_channels, case.global_channels)
         with torch.no_grad():  # away from the identity that a fresh coupling starts as
             for parameter in ours.parameters():
@@ -184,27 +184,6 @@ def random_conditions(case: FlowCase, batch: int, device: torch.device) -> list[
     if case.global_channels:
         tensors.append(torch.randn(batch, case.global_channels, device=device))
     return [t.requires_grad_(case.trained_conditions) for t in tensors]
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(runs: dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device):
-    """Seconds per call of each closure: median over ``repeats`` rounds that call each in turn."""
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            synchronize(device)
-            start = time.perf_counter()
-            run()
-            synchronize(device)
-            seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in seconds.items()}, seconds
 
 
 def throughput_row(measure: str, case: FlowCase, items: int, unit: str, medians, seconds) -> dict:

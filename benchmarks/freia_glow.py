@@ -6,7 +6,7 @@ two implementations of one function, not two models:
 - level 0 at the ab resolution, ``HaarDownsampling(order_by_wavelet=True)`` before each later level
   (band-major channels, FrEIA's 2x2 Haar kernels equal ``cinn.blocks.haar.HAAR_MATRIX``);
 - each step is ``Fixed1x1Conv`` with our step's fixed random orthogonal matrix, then
-  ``GLOWCouplingBlock`` whose subnetworks are ``cinn.blocks.coupling.coupling_subnet`` of the same
+  ``GLOWCouplingBlock`` whose subnetworks are ``cinn.blocks.condition.ConditionedSubnet`` of the same
   width, with ``clamp=alpha`` and ``clamp_activation=u -> (2/pi) atan(u/alpha)`` (the paper's clamp;
   FrEIA's own "ATAN" is ``alpha * 0.636 * atan(u)``);
 - ``Split`` hands the first half of the channels out after every level but the last (if >= 4);
@@ -29,7 +29,7 @@ from FrEIA.modules import Fixed1x1Conv, GLOWCouplingBlock, HaarDownsampling, Spl
 
 from cinn.blocks import ConditionalAffineCoupling, FixedOrthogonalMixing
 from cinn.blocks import HaarDownsampling as OurHaarDownsampling
-from cinn.blocks.coupling import coupling_subnet
+from cinn.blocks.condition import ConditionedSubnet
 from cinn.glow import ConditionalGlow
 
 
@@ -80,9 +80,9 @@ def build_freia_glow(ours: ConditionalGlow, height: int, width: int) -> GraphINN
                     x,
                     GLOWCouplingBlock,
                     {
-                        "subnet_constructor": lambda cin, cout, hidden=hidden: coupling_subnet(cin, cout, hidden),
-                        "clamp": block.clamp,
-                        "clamp_activation": PaperAtanClamp(block.clamp),
+                        "subnet_constructor": lambda cin, cout, hidden=hidden: ConditionedSubnet(cin, 0, cout, hidden),
+                        "clamp": block.settings.clamp,
+                        "clamp_activation": PaperAtanClamp(block.settings.clamp),
                         "split_len": block.split_sizes[0],
                     },
                     conditions=level_conditions,

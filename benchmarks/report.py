@@ -27,7 +27,7 @@ def machine(device: torch.device) -> dict:
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "freia": metadata.version("FrEIA"),
+        "freia": installed_version("FrEIA"),
         "python": platform.python_version(),
         "device": str(device),
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -36,6 +36,14 @@ def machine(device: torch.device) -> dict:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, None where it is not installed."""
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def number(value: float) -> str:

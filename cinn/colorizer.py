@@ -15,7 +15,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cinn.color import normalize_lightness, rgb_to_lab
 from cinn.conditioning_nets import ConditioningNet, build_conditioning_net
 from cinn.config import ConfigError, from_dict, save_config
 from cinn.errors import ReleaseError, UsageError
@@ -304,8 +303,3 @@ def conditioning_net_for(config: ModelConfig) -> ConditioningNet:
         first_stride=config.lightness_size // config.ab_size,
         **config.conditioning_kwargs,
     )
-
-
-def lightness_from_rgb(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB (B, 3, H, W) in [0, 1] -> normalised lightness (B, 1, H, W)."""
-    return normalize_lightness(rgb_to_lab(rgb)[:, :1])

@@ -108,7 +108,15 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
 
 
 def from_dict(cls: type[T], values: dict[str, Any], prefix: str = "") -> T:
-    """Builds the dataclass ``cls`` from ``values``; unknown keys and wrong types raise ConfigError."""
+    """Builds the dataclass ``cls`` from ``values``; unknown keys and wrong types raise ConfigError.
+
+    A dataclass may define a classmethod ``prepare_values(values, prefix) -> values``; it runs first, on
+    a copy, to rewrite keys that have moved since files were written with it, or to check values whose
+    schema depends on another value, with errors naming the whole key (``prefix`` + key).
+    """
+    prepare = getattr(cls, "prepare_values", None)
+    if prepare is not None:
+        values = prepare(dict(values), prefix)
     hints = typing.get_type_hints(cls)
     fields = {field.name for field in dataclasses.fields(cls)}
     unknown = sorted(set(values) - fields)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from cinn.blocks import (
     ActNorm,
+    Condition,
     ConditionalAffineCoupling,
+    ConditionalCoupling,
+    ConditionalSplineCoupling,
     FixedOrthogonalMixing,
     HaarDownsampling,
     InvertibleConv1x1LU,
@@ -18,10 +22,15 @@ from cinn.blocks import (
     InvertibleSequential,
     data_dependent_init,
 )
-from cinn.blocks.coupling import Condition, convolution_layout
-from cinn.config import positive
+from cinn.blocks.condition import convolution_layout
+from cinn.config import ConfigError, from_dict, positive, to_dict
 
 MIXINGS = {"orthogonal": FixedOrthogonalMixing, "lu": InvertibleConv1x1LU}
+# A coupling type: a ConditionalCoupling subclass; its Settings are a recipe's flow.coupling_settings.
+COUPLINGS: dict[str, type[ConditionalCoupling]] = {
+    "affine": ConditionalAffineCoupling,
+    "spline": ConditionalSplineCoupling,
+}
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,10 @@ class GlowConfig:
         steps_per_level: coupling steps at each level, fine to coarse (its length is the number
             of levels; the paper's colorization model uses (4, 6, 6, 6)).
         hidden_channels: width of the coupling subnetworks at each level.
-        clamp: ``alpha`` of the soft clamp of the coupling log-scales.
+        coupling: the coupling type, a name in ``COUPLINGS``: "affine" (the cINN's, with a soft-clamped
+            log-scale) or "spline" (rational-quadratic splines, Durkan et al. 2019).
+        coupling_settings: that coupling's settings, the fields of its ``Settings`` (e.g. ``clamp`` of
+            the affine one); omitted ones take their defaults, and the config keeps them all.
         mixing: channel mixing between couplings: "orthogonal" (fixed random rotation, the
             cINN's choice) or "lu" (Glow's learned LU 1x1 convolution).
         actnorm: put Glow's ActNorm at the start of every step.
@@ -42,7 +54,8 @@ class GlowConfig:
 
     steps_per_level: tuple[int, ...] = positive((4, 6, 6, 6))
     hidden_channels: tuple[int, ...] = positive((64, 128, 128, 256))
-    clamp: float = positive(1.5)
+    coupling: str = "affine"
+    coupling_settings: dict[str, Any] = field(default_factory=dict)
     mixing: str = "orthogonal"
     actnorm: bool = False
     haar_scale: float = positive(1.0)
@@ -56,6 +69,37 @@ class GlowConfig:
             )
         if self.mixing not in MIXINGS:
             raise ValueError(f"mixing must be one of {sorted(MIXINGS)}, got {self.mixing!r}")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"coupling must be one of {sorted(COUPLINGS)}, got {self.coupling!r}")
+        # Every setting written out, so that a saved config does not depend on later defaults.
+        object.__setattr__(self, "coupling_settings", to_dict(self.coupling_config))
+
+    @property
+    def coupling_config(self) -> Any:
+        """``coupling_settings`` as the coupling's ``Settings``; a wrong key, type or range is a ConfigError."""
+        return from_dict(COUPLINGS[self.coupling].Settings, self.coupling_settings, prefix="coupling_settings.")
+
+    @classmethod
+    def prepare_values(cls, values: dict[str, Any], prefix: str) -> dict[str, Any]:
+        """Checks ``coupling_settings`` against the coupling's ``Settings`` with the whole key in errors,
+        and reads the old place of the clamp.
+
+        Configs written before couplings were a family (releases up to 0.2.0) have ``clamp`` in the
+        flow section: it is the affine coupling's ``coupling_settings.clamp``, and is read as that where
+        neither ``coupling`` nor ``coupling_settings`` is given (with either, it is an error: a config
+        that mixes the two places is ambiguous).
+        """
+        if "clamp" in values:
+            if "coupling" in values or "coupling_settings" in values:
+                raise ConfigError(
+                    f"'{prefix}clamp' is the old place of the affine coupling's clamp; next to '{prefix}coupling' "
+                    f"or '{prefix}coupling_settings' write it as '{prefix}coupling_settings.clamp'"
+                )
+            values["coupling_settings"] = {"clamp": values.pop("clamp")}
+        coupling, settings = values.get("coupling", cls.coupling), values.get("coupling_settings", {})
+        if isinstance(coupling, str) and coupling in COUPLINGS and isinstance(settings, dict):
+            from_dict(COUPLINGS[coupling].Settings, settings, prefix=f"{prefix}coupling_settings.")
+        return values
 
     @property
     def num_levels(self) -> int:
@@ -63,11 +107,30 @@ class GlowConfig:
 
 
 def glow_step(channels: int, condition_channels: int, hidden_channels: int, config: GlowConfig, seed: int):
-    """One step: [ActNorm] -> channel mixing -> conditional affine coupling."""
+    """One step: [ActNorm] -> channel mixing -> conditional coupling."""
     blocks: list[InvertibleModule] = [ActNorm(channels)] if config.actnorm else []
     blocks.append(MIXINGS[config.mixing](channels, seed=seed))
-    blocks.append(ConditionalAffineCoupling(channels, condition_channels, hidden_channels, config.clamp))
+    coupling = COUPLINGS[config.coupling]
+    blocks.append(coupling(channels, condition_channels, hidden_channels, config.coupling_config))
     return blocks
+
+
+def level_layout(in_channels: int, num_levels: int) -> list[tuple[int, int]]:
+    """(channels its steps run on, channels it splits off as its latent) of each level: the Haar
+    downsampling before every level but the first multiplies the channels by 4; every level but the
+    last hands half of them out (none when fewer than 4 remain), the last level all of them."""
+    layout, channels = [], in_channels
+    for level in range(num_levels):
+        channels *= 4 if level > 0 else 1
+        split = channels if level == num_levels - 1 else (channels // 2 if channels >= 4 else 0)
+        layout.append((channels, split))
+        channels -= split
+    return layout
+
+
+def level_size(height: int, width: int, level: int) -> tuple[int, int]:
+    """(H, W) at which ``level`` runs for ab of ``height`` x ``width``: halved by each Haar downsampling."""
+    return height >> level, width >> level
 
 
 class ConditionalGlow(nn.Module):
@@ -104,12 +167,10 @@ class ConditionalGlow(nn.Module):
         self.in_channels = in_channels
         self.global_channels = global_channels
         self.levels = nn.ModuleList()
-        split_channels, channels, seed = [], in_channels, config.seed
-        for level, num_steps in enumerate(config.steps_per_level):
-            blocks: list[InvertibleModule] = []
-            if level > 0:
-                blocks.append(HaarDownsampling(config.haar_scale))
-                channels *= 4
+        layout = level_layout(in_channels, config.num_levels)
+        seed = config.seed
+        for level, (num_steps, (channels, _)) in enumerate(zip(config.steps_per_level, layout, strict=True)):
+            blocks: list[InvertibleModule] = [HaarDownsampling(config.haar_scale)] if level > 0 else []
             level_condition = condition_channels[level]
             if level == config.num_levels - 1:
                 level_condition += global_channels
@@ -117,22 +178,12 @@ class ConditionalGlow(nn.Module):
                 blocks += glow_step(channels, level_condition, config.hidden_channels[level], config, seed)
                 seed += 1
             self.levels.append(InvertibleSequential(*blocks))
-            is_last = level == config.num_levels - 1
-            split = channels if is_last else (channels // 2 if channels >= 4 else 0)
-            split_channels.append(split)
-            channels -= split
-        self.split_channels = tuple(split_channels)
+        self.split_channels = tuple(split for _, split in layout)
 
     def latent_shapes(self, height: int, width: int) -> list[tuple[int, int, int]]:
         """(C, H, W) of each level's latent for ab of size ``height`` x ``width``."""
-        shapes, channels = [], self.in_channels
-        for level, split in enumerate(self.split_channels):
-            if level > 0:
-                channels, height, width = channels * 4, height // 2, width // 2
-            if split:
-                shapes.append((split, height, width))
-            channels -= split
-        return shapes
+        sizes = [level_size(height, width, level) for level in range(self.config.num_levels)]
+        return [(split, *size) for split, size in zip(self.split_channels, sizes, strict=True) if split]
 
     def _level_conditions(self, c: Sequence[torch.Tensor], height: int, width: int) -> list[Condition]:
         """Checks the conditions against the flow; the last level gets (map, global vector)."""
@@ -141,7 +192,7 @@ class ConditionalGlow(nn.Module):
             raise ValueError(f"expected {expected} condition tensors, got {len(c)}")
         maps = list(c[: self.config.num_levels])
         for level, condition in enumerate(maps):
-            size = (height >> level, width >> level)
+            size = level_size(height, width, level)
             if tuple(condition.shape[2:]) != size:
                 raise ValueError(
                     f"condition {level} has spatial size {tuple(condition.shape[2:])}, level {level} of "

@@ -11,11 +11,14 @@ Backbone ("Colorful Image Colorization", Zhang et al. 2016, Table 4), for a 256x
     conv7  3 x conv3x3  512                    ->  32x32
     conv8  deconv4x4 /2 256, 2 x conv3x3 256   ->  64x64   (stride 4)
 
-As in the cINN colorization model (Ardizzone et al. 2019, Sec. 4.3), the per-level conditions of a
-64x64 ab flow are taken from this backbone: the stride-2 map from conv1, stride 4 from conv8,
-stride 8 from conv7 (each through a 1x1 conv), coarser ones by stride-2 conv3x3 blocks from the
-previous level; the global vector is pooled from conv7. Zhang's BatchNorm is replaced by GroupNorm
-(see ``conditioning_nets.base``).
+The per-level conditions of a 64x64 ab flow are taken from this backbone: the stride-2 map from
+conv1, stride 4 from conv8, stride 8 from conv7 (each through a 1x1 conv), coarser ones by stride-2
+conv3x3 blocks from the previous level; the global vector is pooled from conv7 and concatenated,
+broadcast, to the condition of the coarsest level's couplings. This differs from the published
+colorization cINN (Ardizzone et al. 2019, Sec. 4.3, and its code), which derives every level's
+condition from the conv8 features (strided convolutions of them) and feeds its global vector to a
+separate stage of fully connected couplings after the convolutional ones. Zhang's BatchNorm is
+replaced by GroupNorm (see ``conditioning_nets.base``).
 """
 
 from __future__ import annotations

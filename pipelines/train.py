@@ -157,6 +157,7 @@ def model_card(model: Colorizer, recipe: Recipe, progress: Progress, data: str, 
     """The release's README.md: what the model is and how it was trained, every figure from the run."""
     config, flow = recipe.model, recipe.model.flow
     kwargs = ", ".join(f"{key}={value}" for key, value in config.conditioning_kwargs.items())
+    settings = ", ".join(f"{key} {value}" for key, value in flow.coupling_settings.items())
     conditioning = sum(parameter.numel() for parameter in model.conditioning_net.parameters())
     flow_parameters = sum(parameter.numel() for parameter in model.flow.parameters())
     return (
@@ -164,7 +165,8 @@ def model_card(model: Colorizer, recipe: Recipe, progress: Progress, data: str, 
         f"- conditioning net: `{config.conditioning_net}` ({kwargs}), {conditioning:,} parameters, on lightness "
         f"{config.lightness_size} px\n"
         f"- conditional Glow on ab {config.ab_size} px: couplings per level {list(flow.steps_per_level)}, "
-        f"widths {list(flow.hidden_channels)}, clamp {flow.clamp}, {flow.mixing} mixing; {flow_parameters:,} "
+        f"widths {list(flow.hidden_channels)}, {flow.coupling} couplings ({settings}), {flow.mixing} mixing; "
+        f"{flow_parameters:,} "
         f"parameters ({conditioning + flow_parameters:,} in all)\n"
         f"- default sampling temperature: {config.temperature}\n"
         f"- trained on: `{data}` ({counts[0]} training photos, {counts[1]} validation photos)\n"

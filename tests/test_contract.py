@@ -13,13 +13,17 @@ from torch import nn
 from cinn import ConditionalGlow, GlowConfig
 from cinn.blocks import (
     ActNorm,
+    AffineCouplingSettings,
     ConditionalAffineCoupling,
+    ConditionalSplineCoupling,
     FixedOrthogonalMixing,
     HaarDownsampling,
     InvertibleConv1x1LU,
     InvertibleSequential,
+    SplineCouplingSettings,
 )
-from cinn.blocks.coupling import constant_map_convolution
+from cinn.blocks.condition import constant_map_convolution
+from cinn.glow import COUPLINGS
 
 
 class FlatGlow(nn.Module):
@@ -76,10 +80,19 @@ def glow(config: GlowConfig, conditions: tuple[int, ...], global_channels: int, 
 
 
 SMALL_GLOW = GlowConfig(steps_per_level=(2, 2, 2), hidden_channels=(8, 8, 8))
+SPLINE = SplineCouplingSettings(bins=4, bound=1.5)
 CASES = [
     Case("coupling", lambda s: ConditionalAffineCoupling(4, 3, 8), (4, 4, 4), ((3, 4, 4),)),
-    Case("coupling_odd", lambda s: ConditionalAffineCoupling(3, 2, 8, clamp=0.8), (3, 4, 4), ((2, 4, 4),)),
+    Case(
+        "coupling_odd",
+        lambda s: ConditionalAffineCoupling(3, 2, 8, AffineCouplingSettings(clamp=0.8)),
+        (3, 4, 4),
+        ((2, 4, 4),),
+    ),
     Case("coupling_unconditional", lambda s: ConditionalAffineCoupling(4, 0, 8), (4, 4, 4)),
+    # bound 1.5: x ~ N(0, 1) reaches the identity tails as well as the splines.
+    Case("spline", lambda s: ConditionalSplineCoupling(4, 3, 8, SPLINE), (4, 4, 4), ((3, 4, 4),)),
+    Case("spline_odd_unconditional", lambda s: ConditionalSplineCoupling(3, 0, 8, SPLINE), (3, 4, 4)),
     Case("orthogonal", lambda s: FixedOrthogonalMixing(4, seed=s), (4, 4, 4)),
     Case("actnorm", actnorm, (4, 4, 4)),
     Case("lu_conv", lambda s: InvertibleConv1x1LU(4, seed=s), (4, 4, 4)),
@@ -95,6 +108,13 @@ CASES = [
     Case(
         "glow_actnorm_lu_global",
         glow(GlowConfig((1, 2, 1), (8, 8, 8), mixing="lu", actnorm=True), (3, 4, 5), 6, 8),
+        (2, 8, 8),
+        ((3, 8, 8), (4, 4, 4), (5, 2, 2)),
+        global_channels=6,
+    ),
+    Case(
+        "glow_spline_global",
+        glow(GlowConfig((1, 2, 1), (8, 8, 8), coupling="spline", coupling_settings={"bins": 3}), (3, 4, 5), 6, 8),
         (2, 8, 8),
         ((3, 8, 8), (4, 4, 4), (5, 2, 2)),
         global_channels=6,
@@ -213,6 +233,16 @@ def test_new_couplings_start_as_identity():
     assert torch.equal(y, x) and torch.equal(logdet, torch.zeros(2))
 
 
+@pytest.mark.parametrize("name", sorted(COUPLINGS))
+def test_every_registered_coupling_starts_as_identity(name):
+    """Zero coefficients, the subnetworks' initial output, are the identity (inside and outside a spline's bound)."""
+    coupling = COUPLINGS[name](4, 3, 8)
+    x, c = 4 * torch.randn(2, 4, 5, 5, dtype=torch.float64), torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    y, logdet = coupling.to(torch.float64)(x, c)
+    torch.testing.assert_close(y, x, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(logdet, torch.zeros(2, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
 def test_actnorm_initialisation_is_explicit_and_saved():
     glow_model = ConditionalGlow(GlowConfig((1, 1), (8, 8), actnorm=True), (2, 2))
     x = 5 + 3 * torch.randn(16, 2, 8, 8)
@@ -231,7 +261,7 @@ def test_actnorm_initialisation_is_explicit_and_saved():
     torch.testing.assert_close(reloaded(x, c)[0][0], glow_model(x, c)[0][0])
 
 
-@pytest.mark.parametrize("name", ["coupling", "glow_actnorm_lu_global"])
+@pytest.mark.parametrize("name", ["coupling", "spline", "glow_actnorm_lu_global", "glow_spline_global"])
 def test_shared_conditions_equal_repeated_ones(name):
     """Conditions of batch B / n serve n consecutive samples each, exactly as if repeat_interleave'd."""
     case = next(case for case in CASES if case.name == name)
@@ -303,7 +333,7 @@ def test_the_soft_clamp_bounds_every_log_scale():
     With the last layers' weights blown up, the scales read off the Jacobian reach the bound but never
     pass it: y1 = x1 * exp(s1(x2, c)) + t1, so dy1/dx1 is exp(s1) element by element."""
     torch.manual_seed(0)
-    coupling = ConditionalAffineCoupling(4, 3, 8, clamp=0.8)
+    coupling = ConditionalAffineCoupling(4, 3, 8, AffineCouplingSettings(clamp=0.8))
     with torch.no_grad():
         torch.nn.init.normal_(coupling.subnet_first[-1].weight, std=1000.0)
     x1, x2 = torch.randn(2, 2, 5, 5, requires_grad=True), torch.randn(2, 2, 5, 5)

@@ -1,5 +1,6 @@
-"""Numerical references: Haar against its textbook definition, Lab against skimage, the prior
-against torch.distributions, and the paper-shaped ConditionalGlow's exactness."""
+"""Numerical references: Haar against its textbook definition, the rational-quadratic spline against
+its formula written element by element, Lab against skimage, the prior against torch.distributions,
+and the paper-shaped ConditionalGlow's exactness."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from skimage import color as skcolor
 
 from cinn import ConditionalGlow, GlowConfig, map_loss, negative_log_likelihood, sample_latents
 from cinn.blocks import HaarDownsampling
+from cinn.blocks.spline_coupling import MIN_BIN_SIZE, MIN_DERIVATIVE, rational_quadratic_spline
 from cinn.color import (
     denormalize_ab,
     lab_to_rgb,
@@ -65,6 +67,65 @@ def reference_colours() -> np.ndarray:
     corners = np.array([[r, g, b] for r in (0, 1) for g in (0, 1) for b in (0, 1)], dtype=float)
     greys = np.linspace(0, 1, 11)[:, None].repeat(3, axis=1)
     return np.concatenate([rng.uniform(size=(500, 3)), corners, greys, rng.uniform(size=(100, 3)) ** 4])
+
+
+def textbook_spline_knots(widths, heights, slopes, bound):
+    """Knots (x_k, y_k) and slopes d_k of the spline from its unnormalised parameters (one element):
+    softmax shares with a minimum, cumulated over [-bound, bound]; softplus slopes, 1 at the ends."""
+
+    def positions(unnormalised):
+        shares = np.exp(unnormalised) / np.exp(unnormalised).sum()
+        shares = MIN_BIN_SIZE + (1 - MIN_BIN_SIZE * len(shares)) * shares
+        return -bound + 2 * bound * np.concatenate([[0.0], np.cumsum(shares)])
+
+    # softplus(u + shift) + minimum, the shift making it 1 at u = 0
+    inner = MIN_DERIVATIVE + np.log1p(np.exp(slopes + np.log(np.expm1(1 - MIN_DERIVATIVE))))
+    return positions(widths), positions(heights), np.concatenate([[1.0], inner, [1.0]])
+
+
+def textbook_spline(x, x_knots, y_knots, derivatives):
+    """Durkan et al. 2019, eq. 4: in bin k, with s = dy/dx of the bin and xi the position in it,
+    y = y_k + dy (s xi^2 + d_k xi (1 - xi)) / (s + (d_k+1 + d_k - 2 s) xi (1 - xi)); identity outside."""
+    if not x_knots[0] <= x <= x_knots[-1]:
+        return x
+    k = max(i for i in range(len(x_knots) - 1) if x_knots[i] <= x)
+    width, height = x_knots[k + 1] - x_knots[k], y_knots[k + 1] - y_knots[k]
+    s, xi = height / width, (x - x_knots[k]) / width
+    numerator = height * (s * xi**2 + derivatives[k] * xi * (1 - xi))
+    return y_knots[k] + numerator / (s + (derivatives[k + 1] + derivatives[k] - 2 * s) * xi * (1 - xi))
+
+
+def test_spline_matches_its_formula_knots_slopes_and_bisection_inverse():
+    generator = torch.Generator().manual_seed(0)
+    bins, bound, points = 5, 2.0, 64
+    widths, heights = (torch.randn(points, bins, generator=generator, dtype=torch.float64) for _ in range(2))
+    slopes = torch.randn(points, bins - 1, generator=generator, dtype=torch.float64)
+    x = 3 * torch.rand(points, generator=generator, dtype=torch.float64) - 1.5
+    x[:4] = torch.tensor([-2.5, 2.5, -2.0, 2.0])  # two in the tails, two on the bound
+    x.requires_grad_(True)
+    y, log_slope = rational_quadratic_spline(x, widths, heights, slopes, bound)
+    (derivative,) = torch.autograd.grad(y.sum(), x)
+    for i in range(points):
+        x_knots, y_knots, d = textbook_spline_knots(widths[i].numpy(), heights[i].numpy(), slopes[i].numpy(), bound)
+        assert y[i].item() == pytest.approx(textbook_spline(x[i].item(), x_knots, y_knots, d), abs=1e-12)
+        # Through every knot with its slope (Gregory & Delbourgo's interpolation conditions).
+        at_knots = torch.tensor(x_knots[1:-1], requires_grad=True)
+        parameters = [parameter[i].expand(bins - 1, -1) for parameter in (widths, heights, slopes)]
+        through, _ = rational_quadratic_spline(at_knots, *parameters, bound)
+        np.testing.assert_allclose(through.detach().numpy(), y_knots[1:-1], rtol=0, atol=1e-12)
+        np.testing.assert_allclose(torch.autograd.grad(through.sum(), at_knots)[0].numpy(), d[1:-1], rtol=1e-9)
+        # The inverse: bisection on the textbook formula (monotone), not the quadratic the code solves.
+        low, high = -bound - 1, bound + 1
+        for _ in range(80):
+            middle = (low + high) / 2
+            below = textbook_spline(middle, x_knots, y_knots, d) < y[i].item()
+            low, high = (middle, high) if below else (low, middle)
+        parameters = [parameter[i : i + 1] for parameter in (widths, heights, slopes)]
+        x_back, log_slope_back = rational_quadratic_spline(y[i : i + 1].detach(), *parameters, bound, inverse=True)
+        assert x_back.item() == pytest.approx(low, abs=1e-9)
+        assert log_slope_back.item() == pytest.approx(-log_slope[i].item(), abs=1e-9)
+    torch.testing.assert_close(log_slope, derivative.log(), rtol=1e-10, atol=1e-12)
+    assert torch.equal(y[:2], x[:2]) and torch.equal(log_slope[:2], torch.zeros(2, dtype=torch.float64))
 
 
 def test_rgb_to_lab_matches_skimage():

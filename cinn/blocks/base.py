@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# A condition: a map (Bc, condition_channels, H, W), or a pair (map, vector) with the vector (Bc, G)
+# standing for its broadcast over the map's pixels, concatenated after the map's channels (the map then
+# has condition_channels - G channels). ``Bc`` is the batch B of the data or divides it: each condition
+# then serves B / Bc consecutive samples. Blocks that take no condition ignore it.
+Condition = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
 
 class InvertibleModule(nn.Module):
     """Base class of every invertible block.
@@ -15,10 +21,10 @@ class InvertibleModule(nn.Module):
     no condition accept ``c`` and ignore it, so a chain can pass one condition through.
     """
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, c: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def inverse(self, y: torch.Tensor, c: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def inverse(self, y: torch.Tensor, c: Condition | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cinn.blocks.base import InvertibleModule, zero_logdet
-from cinn.blocks.coupling import Condition
+from cinn.blocks.base import Condition, InvertibleModule, zero_logdet
 
 
 class InvertibleSequential(InvertibleModule):
