@@ -20,7 +20,7 @@ PACKAGES = {"cinn": "cinn", "conditioning_nets": "cinn.conditioning_nets", "pipe
 # Bottom to top. A module may import (at module level) only from its own layer or below.
 LAYERS = [
     {"cinn.errors", "cinn.config", "cinn.color", "cinn.limits", "cinn.devices", "cinn.files", "cinn.loss",
-     "cinn.upsample"},
+     "cinn.upsample", "cinn.gamut"},
     {"cinn.images", "cinn.blocks", "cinn.conditioning_nets", "cinn.fid"},
     {"cinn.glow", "cinn.inference", "cinn.metrics", "cinn.data"},
     {"cinn.recipe"},
