@@ -55,6 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model release directory (default: shipped)")
     parser.add_argument("--out", type=Path, default=Path("colorized"), help="output folder (default colorized/)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch",
+        help="what runs the conditioning net and the flow: torch, or onnxruntime on the graph that "
+        "pipelines/export.py --onnx wrote into --onnx-dir (default torch)",
+    )  # fmt: skip
+    parser.add_argument("--onnx-dir", type=Path, default=None, help="exported graph for --backend onnx")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--likelihood", action="store_true", help="print each sample's bits/dim under the model")
     parser.add_argument(
@@ -202,6 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     model = Colorizer.from_pretrained(args.model, device=device)
+    if args.backend == "onnx":
+        if args.onnx_dir is None:
+            raise UsageError("--backend onnx needs --onnx-dir, a folder written by pipelines/export.py --onnx")
+        from cinn.onnx import OnnxSampler
+
+        model.sampler = OnnxSampler(args.onnx_dir)
     if args.working_side is not None and not model.input_multiple <= args.working_side <= MAX_WORKING_SIDE:
         raise UsageError(f"--working-side must be between {model.input_multiple} and {MAX_WORKING_SIDE}")
     args.out.mkdir(parents=True, exist_ok=True)
