@@ -128,3 +128,10 @@ def end_to_end_rows(config: Path, quick: bool, repeats: int, device: torch.devic
     for row in rows:
         print(f"{row['measure']:<44} {row['value']:>9.2f} {row['unit']:<9} {row['note']}", flush=True)
     return rows
+
+
+if __name__ == "__main__":
+    # python benchmarks/end_to_end.py --photos DIR: the colorize command's stages against a baseline commit.
+    from colorize_stages import main
+
+    main()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,8 @@ class Colorizer(nn.Module):
         self.flow = ConditionalGlow(
             config.flow, conditioning_net.out_channels, global_channels=conditioning_net.global_channels
         )
+        # Runs ``invert`` instead of torch when set, e.g. ``cinn.onnx.OnnxSampler`` (an exported graph).
+        self.sampler: Callable[[torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def conditions(self, lightness: torch.Tensor) -> list[torch.Tensor]:
         """lightness (B, 1, Hl, Wl) normalised -> the flow's condition tensors."""
@@ -101,14 +104,21 @@ class Colorizer(nn.Module):
         """
         batch = lightness.shape[0]
         temperature = self.sampling_temperature(temperature)
-        # One set of conditions serves all of an image's samples: the flow shares, never copies, it.
-        conditions = self.conditions(lightness)
         if zs is None:
             shapes = self.latent_shapes(lightness)
             zs = sample_latents(shapes, batch * num_samples, temperature, generator, lightness.device, lightness.dtype)
-        ab, logdet_inverse = self.flow.inverse(zs, conditions)
+        ab, logdet_inverse = self.invert(lightness, zs)
         bits = bits_per_dim(negative_log_likelihood(zs, -logdet_inverse), ab[0].numel())
         return ab.reshape(batch, num_samples, *ab.shape[1:]), bits.reshape(batch, num_samples)
+
+    def invert(self, lightness: torch.Tensor, zs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning net + flow inverse, the part ``cinn.onnx`` exports: (ab, logdet of the inverse).
+
+        One set of conditions serves all of an image's samples: the flow shares, never copies, it.
+        """
+        if self.sampler is not None and lightness.shape[0] == 1:
+            return self.sampler(lightness, zs)
+        return self.flow.inverse(zs, self.conditions(lightness))
 
     def latent_shapes(self, lightness: torch.Tensor) -> list[tuple[int, int, int]]:
         """Per-level latent (C, H, W) for the ab that goes with lightness (B, 1, Hl, Wl)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import kornia.color
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -14,13 +13,17 @@ from PIL import Image
 from cinn.color import (
     denormalize_ab,
     denormalize_lightness,
-    lab_to_rgb,
+    lab_to_linear_rgb,
+    linear_to_srgb,
     normalize_ab,
     normalize_lightness,
     rgb_to_lab,
 )
+from cinn.gamut import gamut_scale
 from cinn.images import colourfulness, is_grayscale_photo, rgb_and_alpha
-from cinn.upsample import guided_upsample
+from cinn.upsample import apply_guided_rows, bilinear_weights, guided_coefficients
+
+STRIP_PIXELS = 1 << 18  # pixels per strip of recombination: a few MB of float32 per intermediate
 
 
 @dataclass
@@ -78,41 +81,72 @@ def prepare_photo(image: Image.Image, short_side: int, multiple: int, device: to
     """Returns the full-resolution lightness, the working-size lightness and ab, alpha, has-colour."""
     rgb, alpha, has_colour = pil_to_tensor(image)
     rgb = rgb.to(device)
-    full_lightness = normalize_lightness(rgb_to_lab(rgb)[:, :1])
     size = working_size(rgb.shape[2], rgb.shape[3], short_side, multiple)
     small = F.interpolate(rgb, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     small_lab = rgb_to_lab(small)
+    # Lab of the whole photo a strip at a time: its intermediates are several times the photo's size.
+    strips = rgb.split(strip_rows(rgb.shape[3]), dim=2)
+    full_lightness = normalize_lightness(torch.cat([rgb_to_lab(strip)[:, :1] for strip in strips], dim=2))
     return full_lightness, normalize_lightness(small_lab[:, :1]), normalize_ab(small_lab[:, 1:]), alpha, has_colour
 
 
-def in_srgb_gamut(lab: torch.Tensor, tolerance: float = 1e-4) -> torch.Tensor:
-    """Lab (3, ...) -> bool (...): whether each colour is inside the sRGB cube."""
-    rgb = kornia.color.lab_to_rgb(lab, clip=False)
+def strip_rows(width: int) -> int:
+    """Rows per strip of a photo ``width`` pixels wide: about STRIP_PIXELS pixels."""
+    return max(1, STRIP_PIXELS // width)
+
+
+def fit_to_gamut(lab: torch.Tensor) -> torch.Tensor:
+    """Lab (B, 3, H, W) -> the same, each out-of-gamut colour's (a, b) scaled towards grey until it
+    fits sRGB (``cinn.gamut``). Clipping RGB instead would change the lightness, which must stay the photo's."""
+    pixels = lab.transpose(0, 1).reshape(3, -1)
+    outside = ~in_srgb_gamut(linear_to_srgb(lab_to_linear_rgb(pixels[:, :, None]))[:, :, 0])
+    fitted = pixels.clone()
+    fitted[1:, outside] *= gamut_scale(pixels[:, outside])
+    return fitted.reshape(3, lab.shape[0], *lab.shape[2:]).transpose(0, 1)
+
+
+def in_srgb_gamut(rgb: torch.Tensor, tolerance: float = 1e-4) -> torch.Tensor:
+    """Unclipped sRGB (3, ...) -> bool (...): whether each colour is inside the sRGB cube."""
     return ((rgb >= -tolerance) & (rgb <= 1 + tolerance)).all(dim=0)
 
 
-def fit_to_gamut(lab: torch.Tensor, steps: int = 8) -> torch.Tensor:
-    """Lab (B, 3, H, W) -> the same, each out-of-gamut colour's (a, b) scaled towards grey (bisection)
-    until it fits sRGB. Clipping RGB instead would change the lightness, which must stay the photo's."""
-    pixels = lab.transpose(0, 1).reshape(3, -1, 1).clone()
-    outside = ~in_srgb_gamut(pixels)[:, 0]
-    colours = pixels[:, outside]
-    low, high = colours.new_zeros(1, colours.shape[1], 1), colours.new_ones(1, colours.shape[1], 1)
-    for _ in range(steps if colours.numel() else 0):  # grey (scale 0) is always inside
-        middle = (low + high) / 2
-        inside = in_srgb_gamut(torch.cat([colours[:1], colours[1:] * middle]))[None]
-        low, high = torch.where(inside, middle, low), torch.where(inside, high, middle)
-    pixels[1:, outside] = colours[1:] * low
-    return pixels.reshape(3, lab.shape[0], *lab.shape[2:]).transpose(0, 1)
+def lab_to_srgb_bytes(lab: torch.Tensor) -> torch.Tensor:
+    """Lab (3, H, W) -> sRGB (H, W, 3) uint8, out-of-gamut colours fitted at constant L and hue."""
+    rgb = linear_to_srgb(lab_to_linear_rgb(lab))
+    outside = ~in_srgb_gamut(rgb)
+    if bool(outside.any()):
+        colours = lab[:, outside]
+        colours[1:] *= gamut_scale(colours)
+        rgb[:, outside] = linear_to_srgb(lab_to_linear_rgb(colours[:, :, None]))[:, :, 0]
+    return rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
 
 
 def recombine(ab: torch.Tensor, full_lightness: torch.Tensor, alpha: Image.Image | None) -> list[Image.Image]:
-    """Samples ab (N, 2, h, w) + the photo's own lightness (1, 1, H, W) -> N full-size PIL images."""
-    images = []
-    for sample in ab:  # one at a time: a full-size Lab stack of many samples would not fit in memory
-        full_ab = guided_upsample(sample[None], full_lightness)
-        lab = torch.cat([denormalize_lightness(full_lightness), denormalize_ab(full_ab)], dim=1)
-        images.append(to_pil(lab_to_rgb(fit_to_gamut(lab))[0], alpha))
+    """Samples ab (N, 2, h, w) + the photo's own lightness (1, 1, H, W) -> N full-size PIL images.
+
+    Each image is made a strip of rows at a time (guided upsampling, Lab to sRGB, gamut), so memory
+    beyond the images themselves stays about the same for a photo of any size.
+    """
+    height, width = full_lightness.shape[2:]
+    if tuple(ab.shape[2:]) == (height, width):  # nothing to upsample: ab = 0 * lightness + ab
+        slope, offset = torch.zeros_like(ab), ab
+    else:
+        guide = F.interpolate(full_lightness, size=ab.shape[2:], mode="area")
+        slope, offset = guided_coefficients(ab, guide)
+    rows = bilinear_weights(height, ab.shape[2], ab.device)
+    columns = bilinear_weights(width, ab.shape[3], ab.device).T
+    step, images = strip_rows(width), []
+    for sample_slope, sample_offset in zip(slope, offset, strict=True):
+        pixels = np.empty((height, width, 3), dtype=np.uint8)
+        for top in range(0, height, step):
+            lightness = full_lightness[0, 0, top : top + step]
+            ab_rows = apply_guided_rows(sample_slope, sample_offset, lightness, rows[top : top + step], columns)
+            lab = torch.cat([denormalize_lightness(lightness)[None], denormalize_ab(ab_rows)])
+            pixels[top : top + step] = lab_to_srgb_bytes(lab).cpu().numpy()
+        image = Image.fromarray(pixels)
+        if alpha is not None:
+            image.putalpha(alpha)
+        images.append(image)
     return images
 
 

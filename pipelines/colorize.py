@@ -17,6 +17,9 @@ import glob
 import math
 import os
 import sys
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,6 +36,11 @@ from cinn.images import IMAGE_EXTENSIONS, find_images, load_rgb_and_alpha
 from cinn.limits import PhotoLimits
 
 GRID_TILE_HEIGHT = 256
+# zlib level of the PNGs: 1 encodes several times faster than Pillow's default 6 for files a few per
+# cent larger (benchmarks/README.md); the pixels are the same at every level.
+PNG_COMPRESS_LEVEL = 1
+# An allocation failure in torch is a RuntimeError.
+PHOTO_ERRORS = (UserError, OSError, MemoryError, RuntimeError)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +56,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model release directory (default: shipped)")
     parser.add_argument("--out", type=Path, default=Path("colorized"), help="output folder (default colorized/)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument(
+        "--backend", choices=("torch", "onnx"), default="torch",
+        help="what runs the conditioning net and the flow: torch, or onnxruntime on the graph that "
+        "pipelines/export.py --onnx wrote into --onnx-dir (default torch)",
+    )  # fmt: skip
+    parser.add_argument("--onnx-dir", type=Path, default=None, help="exported graph for --backend onnx")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--likelihood", action="store_true", help="print each sample's bits/dim under the model")
     parser.add_argument(
@@ -203,8 +217,9 @@ def with_alpha(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
     return image
 
 
-def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> None:
-    """Colorizes one file into ``args.out``; raises ImageLoadError / FileExistsError for this input."""
+def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> Callable[[], None]:
+    """Colorizes one file; returns the step that writes its files into ``args.out``. Raises
+    ImageLoadError / FileExistsError for this input (and the write step FileExistsError)."""
     targets = [args.out / f"{name}_color_{index:02d}.png" for index in range(1, args.n + 1)]
     if model.sampling_temperature(args.temperature) == 0:
         targets = targets[:1]
@@ -217,16 +232,33 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
     rgb, alpha = load_rgb_and_alpha(path, limits=args.limits)
     generator = torch.Generator(args.device).manual_seed(args.seed) if args.seed is not None else None
     result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side, args.limits)
-    pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
+    path_images = None
     if args.interpolate:
-        pictures.append(grid(model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)))
-    # All of a photo's files appear together or not at all, never half-written or mixed with another run's.
-    publish({target: picture.save for target, picture in zip(targets, pictures, strict=True)}, args.overwrite)
-    if args.likelihood:
-        bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
-        original = result.original_bits_per_dim
-        original = f"; original colours {original:.3f}" if original is not None else ""
-        tqdm.write(f"{path}: bits/dim of samples {bits}{original}")
+        path_images = model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)
+
+    def write() -> None:
+        pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
+        pictures += [grid(path_images)] if path_images is not None else []
+        # All of a photo's files appear together or not at all, never half-written or mixed with another run's.
+        writers = {target: partial(picture.save, compress_level=PNG_COMPRESS_LEVEL) for target, picture in
+                   zip(targets, pictures, strict=True)}  # fmt: skip
+        publish(writers, args.overwrite)
+        if args.likelihood:
+            bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
+            original = result.original_bits_per_dim
+            original = f"; original colours {original:.3f}" if original is not None else ""
+            tqdm.write(f"{path}: bits/dim of samples {bits}{original}")
+
+    return write
+
+
+def report_failure(path: Path, error: BaseException) -> None:
+    """One line on stderr for a photo that failed; re-raised with CINN_TRACEBACK=1 to show where it came from."""
+    if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+        raise error
+    kind = "" if isinstance(error, (UserError, OSError)) else f"{type(error).__name__}: "
+    tqdm.write(f"error: {path}: {kind}{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
+               file=sys.stderr)  # fmt: skip
 
 
 @user_errors_exit
@@ -237,27 +269,49 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("; ".join(problems))
     device = resolve_device(args.device)
     model = Colorizer.from_pretrained(args.model, device=device)
+    if args.backend == "onnx":
+        if args.onnx_dir is None:
+            raise UsageError("--backend onnx needs --onnx-dir, a folder written by pipelines/export.py --onnx")
+        from cinn.onnx import OnnxSampler
+
+        model.sampler = OnnxSampler(args.onnx_dir)
     if args.working_side is not None and not model.input_multiple <= args.working_side <= MAX_WORKING_SIDE:
         raise UsageError(f"--working-side must be between {model.input_multiple} and {MAX_WORKING_SIDE}")
     args.out.mkdir(parents=True, exist_ok=True)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
     failures = 0
-    for path, name in tqdm(list(zip(paths, unique_names(paths), strict=True)), unit="photo", disable=len(paths) < 2):
-        try:
-            colorize_one(model, path, name, args)
-        except (UserError, OSError, MemoryError, RuntimeError) as error:
-            # Every failure is this photo's alone: say which and go on with the others (an allocation
-            # failure in torch is a RuntimeError). CINN_TRACEBACK=1 shows where it came from.
-            if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
-                raise
-            failures += 1
-            kind = "" if isinstance(error, (UserError, OSError)) else f"{type(error).__name__}: "
-            tqdm.write(f"error: {path}: {kind}{str(error).strip().splitlines()[0] if str(error).strip() else ''}",
-                       file=sys.stderr)  # fmt: skip
+    # A photo's files are encoded and written on a second thread while the next photo is computed
+    # (PNG encoding releases the GIL); one write in flight at a time bounds the memory to two photos'.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: tuple[Path, Future] | None = None
+        for path, name in tqdm(list(zip(paths, unique_names(paths), strict=True)), unit="photo",
+                               disable=len(paths) < 2):  # fmt: skip
+            try:
+                write = colorize_one(model, path, name, args)
+            except PHOTO_ERRORS as error:  # every failure is this photo's alone: say which, go on with the others
+                report_failure(path, error)
+                failures += 1
+                continue
+            failures += finish(pending)
+            pending = (path, writer.submit(write))
+        failures += finish(pending)
     done = len(paths) - failures
     print(f"colorized {done} of {len(paths)} photo(s) into {args.out}/", file=sys.stderr)
     return 1 if failures or problems else 0
+
+
+def finish(pending: tuple[Path, Future] | None) -> int:
+    """Waits for a photo's write step; 1 if it failed (and was reported), else 0."""
+    if pending is None:
+        return 0
+    path, future = pending
+    try:
+        future.result()
+    except PHOTO_ERRORS as error:
+        report_failure(path, error)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

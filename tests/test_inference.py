@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import math
 import shutil
+import warnings
 
 import kornia.color
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from skimage.color import rgb2lab
+from skimage.color import lab2rgb, rgb2lab
 
+from cinn import inference
 from cinn.color import lab_to_rgb
 from cinn.colorizer import Colorizer
 from cinn.errors import ReleaseError
+from cinn.gamut import gamut_scale
 from cinn.inference import fit_to_gamut, interpolate_latents, working_size
 from cinn.upsample import guided_upsample
 
@@ -222,3 +225,43 @@ def test_samples_are_decoded_from_z_with_the_temperature_as_standard_deviation(d
         model.sample(torch.zeros(2, 1, 16, 16), 64, temperature=0.5, generator=torch.Generator().manual_seed(0))
     z = seen[0]
     assert z.numel() > 10_000 and abs(z.std().item() - 0.5) < 0.02 and abs(z.mean().item()) < 0.02
+
+
+def test_gamut_scale_finds_the_chroma_where_the_colour_leaves_srgb():
+    """Against scikit-image's Lab: a colour is in the gamut when its sRGB round trip returns it unchanged."""
+    generator = torch.Generator().manual_seed(1)
+    lightness = torch.cat([torch.rand(4000, generator=generator) * 100, torch.tensor([0.0, 0.3, 99.9, 100.0])])
+    lab = torch.stack([lightness, *(torch.randn(2, len(lightness), generator=generator) * 70)]).double()
+    scale = gamut_scale(lab)
+
+    def round_trip_error(factor: torch.Tensor) -> np.ndarray:
+        colours = torch.cat([lab[:1], lab[1:] * factor]).T.numpy()[None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-image warns about colours it clips
+            return np.abs(rgb2lab(lab2rgb(colours)) - colours)[0].max(axis=1)
+
+    assert ((scale >= 0) & (scale <= 1)).all() and 0.3 < (scale < 1).double().mean() < 0.95
+    assert scale[-1] == 0  # at L = 100 only white is inside
+    assert round_trip_error(scale)[:-1].max() < 1e-5  # inside (white itself is 4e-3 off in scikit-image's)
+    shrunk = (scale < 1) & (scale > 0.01)
+    assert (round_trip_error(scale * 1.002)[shrunk] > 1e-4).all()  # and nothing more chroma would be
+    assert (scale[lab[1:].abs().amax(dim=0) < 1] == 1).all()  # near-grey colours are left alone
+
+
+def test_recombination_in_strips_is_the_whole_image_guided_and_converted_by_scikit_image(monkeypatch):
+    generator = torch.Generator().manual_seed(2)
+    lightness = F.interpolate(torch.rand(1, 1, 12, 16, generator=generator), size=(75, 101), mode="bicubic")
+    lightness = lightness.clamp(0, 1) * 2 - 1
+    ab = torch.randn(2, 2, 8, 12, generator=generator) * 0.4
+    monkeypatch.setattr(inference, "STRIP_PIXELS", 5 * 101)  # 5 rows a strip, the last one shorter
+    images = [np.asarray(image) for image in inference.recombine(ab, lightness, None)]
+    for sample, image in zip(ab, images, strict=True):
+        full_ab = guided_upsample(sample[None], lightness)
+        lab = torch.cat([(lightness + 1) * 50, full_ab * 110], dim=1)[0].double()
+        fitted = torch.cat([lab[:1], lab[1:] * gamut_scale(lab.flatten(1)).view(1, *lab.shape[1:])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = lab2rgb(fitted.permute(1, 2, 0).numpy())
+        assert image.shape == (75, 101, 3) and image.dtype == np.uint8
+        assert np.abs(image - expected * 255).max() < 0.51  # the same colours, rounded to bytes
+        assert np.abs(rgb2lab(image)[..., 0] - lab[0].numpy()).max() < 0.6  # the photo's L, up to the rounding

@@ -19,8 +19,8 @@ PACKAGES = {"cinn": "cinn", "conditioning_nets": "cinn.conditioning_nets", "pipe
 
 # Bottom to top. A module may import (at module level) only from its own layer or below.
 LAYERS = [
-    {"cinn.errors", "cinn.config", "cinn.color", "cinn.limits", "cinn.devices", "cinn.files", "cinn.loss",
-     "cinn.upsample"},
+    {"cinn.errors", "cinn.config", "cinn.color", "cinn.limits", "cinn.devices", "cinn.files", "cinn.loss", "cinn.onnx",
+     "cinn.upsample", "cinn.gamut"},
     {"cinn.images", "cinn.blocks", "cinn.conditioning_nets", "cinn.fid"},
     {"cinn.glow", "cinn.inference", "cinn.metrics", "cinn.data"},
     {"cinn.recipe"},
@@ -108,7 +108,15 @@ def test_the_wheel_holds_one_namespace_with_recipes_and_the_default_model(wheel)
         assert expected in names
     entry_points = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info/"
                                                "entry_points.txt").decode()  # fmt: skip
-    for command in ("cinn-colorize", "cinn-train", "cinn-pretrain", "cinn-evaluate", "cinn-app", "cinn-make-kit"):
+    for command in (
+        "cinn-colorize",
+        "cinn-train",
+        "cinn-pretrain",
+        "cinn-evaluate",
+        "cinn-app",
+        "cinn-make-kit",
+        "cinn-export",
+    ):
         assert f"{command} = cinn.programs." in entry_points
 
 
