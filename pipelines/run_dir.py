@@ -88,7 +88,8 @@ def prepare_run(
         save_config(recipe, out / CONFIG)
         # Shard runs publish the photos' names, which are already relative to the dataset's top folder.
         write_split(out, run.train, run.val, root="." if run.train_shards else None)
-        info = {"data": str(args.data), "val_data": args.val_data, "train": len(run.train), "val": len(run.val)}
+        info = {"data": str(args.data), "val_data": args.val_data, "train": len(run.train), "val": len(run.val),
+                "torchelastic_run_id": os.environ.get("TORCHELASTIC_RUN_ID")}  # fmt: skip
         (out / RUN_INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return recipe, run
 
@@ -134,8 +135,13 @@ def continue_after_restart(args: argparse.Namespace, checkpoint: str = "checkpoi
     run already has a checkpoint, the job continues from it instead (its own config, split and step).
     On several machines the run directory must be on a file system they share.
     """
-    restarts = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
-    if restarts > 0 and not args.resume and (args.out / checkpoint).is_file():
+    if args.resume or not (args.out / checkpoint).is_file() or not (args.out / RUN_INFO).is_file():
+        return
+    # torchrun restarts the workers of a healthy machine too when another machine's restart joins the
+    # rendezvous, without counting it: the job's id, recorded when the run started, says it is the same job.
+    job = os.environ.get("TORCHELASTIC_RUN_ID")
+    started_by = json.loads((args.out / RUN_INFO).read_text(encoding="utf-8")).get("torchelastic_run_id")
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0 or (job is not None and job == started_by):
         args.resume, args.config, args.data, args.val_data = True, None, None, None
 
 
