@@ -13,6 +13,7 @@ from typing import Any, TypeVar, Union
 import yaml
 
 from cinn.errors import UserError
+from cinn.files import publish
 
 T = TypeVar("T")
 
@@ -177,5 +178,7 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    """Writes ``config`` as YAML that ``load_config`` reads back to an equal config."""
-    Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False), encoding="utf-8")
+    """Writes ``config`` as YAML that ``load_config`` reads back to an equal config, through a temporary
+    file: another process (a second rank resuming the same run) never reads it half written."""
+    text = yaml.safe_dump(to_dict(config), sort_keys=False)
+    publish({Path(path): lambda temporary: temporary.write_text(text, encoding="utf-8")}, overwrite=True)

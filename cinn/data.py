@@ -115,6 +115,7 @@ class ColorizationDataset(torch.utils.data.Dataset):
         # Shared memory survives the fork into DataLoader workers, so every worker sees each verdict.
         self._status = torch.zeros(len(self._paths), dtype=torch.uint8).share_memory_()
         self._cache: dict[int, Image.Image] = {}  # filled only with config.cache_images
+        self.pairs = PhotoPairs(self.config, train)
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -137,23 +138,17 @@ class ColorizationDataset(torch.utils.data.Dataset):
         if self._status[index] == _SKIPPED:
             return None
         try:
-            image = self._cache.get(index) or load_rgb(path, min_side=self._decode_side())
+            image = self._cache.get(index) or load_rgb(path, min_side=self.pairs.decode_side())
         except ImageLoadError as error:
             return self._skip(index, error.reason)
         if self.config.cache_images and index not in self._cache:
             image = self._shrink_for_cache(image)
             self._cache[index] = image
         if self._status[index] == _UNSEEN:
-            if is_grayscale_photo(_thumbnail(image), self.config.min_colourfulness):
-                return self._skip(index, f"colourfulness below {self.config.min_colourfulness:g}, a greyscale photo")
+            if self.pairs.is_grey(image):
+                return self._skip(index, self.pairs.grey_reason())
             self._status[index] = _USABLE
-        lightness_rgb, ab_rgb = self._crop_and_resize(image)
-        lightness, _ = rgb_to_normalized_lab(lightness_rgb.unsqueeze(0))
-        _, ab = rgb_to_normalized_lab(ab_rgb.unsqueeze(0))
-        ab = ab.squeeze(0)
-        if self.train and self.config.ab_noise > 0:
-            ab = ab + self.config.ab_noise * torch.randn_like(ab)
-        return {"lightness": lightness.squeeze(0), "ab": ab, "path": path}
+        return self.pairs.pair(image, path)
 
     def _skip(self, index: int, reason: str) -> None:
         """Mark a photo as unusable and warn about it, the first time only."""
@@ -164,14 +159,44 @@ class ColorizationDataset(torch.utils.data.Dataset):
 
     def _shrink_for_cache(self, image: Image.Image) -> Image.Image:
         """The photo at the smallest size no crop will need upsampling from: cheaper to keep and to crop."""
-        side = self._decode_side()
+        side = self.pairs.decode_side()
         if side is None or min(image.size) <= side:
             return image
         scale = side / min(image.size)
         size = (max(side, round(image.width * scale)), max(side, round(image.height * scale)))
         return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
 
-    def _decode_side(self) -> int | None:
+
+class PhotoPairs:
+    """A decoded photo -> a training pair: the part of ``ColorizationDataset`` that does not care where
+    photos come from (a folder or a tar shard, ``cinn.shards``), so both readers give the same items.
+
+    Args:
+        config: sizes, noise and skipping rules.
+        train: random crops, flips and ab noise (from torch's RNG) if True; centre crops if False.
+    """
+
+    def __init__(self, config: DatasetConfig, train: bool):
+        self.config, self.train = config, train
+
+    def pair(self, image: Image.Image, path: str) -> dict[str, torch.Tensor | str]:
+        """``{"lightness": (1, Hl, Wl), "ab": (2, Ha, Wa), "path": path}``, normalised by ``cinn.color``."""
+        lightness_rgb, ab_rgb = self._crop_and_resize(image)
+        lightness, _ = rgb_to_normalized_lab(lightness_rgb.unsqueeze(0))
+        _, ab = rgb_to_normalized_lab(ab_rgb.unsqueeze(0))
+        ab = ab.squeeze(0)
+        if self.train and self.config.ab_noise > 0:
+            ab = ab + self.config.ab_noise * torch.randn_like(ab)
+        return {"lightness": lightness.squeeze(0), "ab": ab, "path": path}
+
+    def is_grey(self, image: Image.Image) -> bool:
+        """Whether the photo is too grey to train on (``config.min_colourfulness``)."""
+        return is_grayscale_photo(_thumbnail(image), self.config.min_colourfulness)
+
+    def grey_reason(self) -> str:
+        return f"colourfulness below {self.config.min_colourfulness:g}, a greyscale photo"
+
+    def decode_side(self) -> int | None:
         """Smallest short side a JPEG may be decoded at without the crop ever needing upsampling.
 
         A RandomResizedCrop of area fraction s and aspect r spans at least sqrt(s * min(r, 1/r))
@@ -266,10 +291,15 @@ def split_train_val(
     train, val = [], []
     for path in paths:
         relative = Path(os.path.relpath(path, root)).as_posix()
-        digest = hashlib.sha1(f"{salt}/{relative}".encode()).digest()
-        position = int.from_bytes(digest[:8], "big") / 2.0**64
-        (val if position < val_fraction else train).append(str(path))
+        (val if is_held_out(relative, val_fraction, salt) else train).append(str(path))
     return sorted(train), sorted(val)
+
+
+def is_held_out(relative: str, val_fraction: float, salt: str = "cinn-colorization") -> bool:
+    """Whether the photo at POSIX path ``relative`` (to the dataset's top folder) is a validation photo
+    of ``split_train_val``; tar shards (``cinn.shards``) name their photos by the same paths."""
+    digest = hashlib.sha1(f"{salt}/{relative}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction
 
 
 def write_split(
@@ -298,3 +328,38 @@ def write_split(
         (run_dir / name).write_text(header + "".join(line + "\n" for line in lines), encoding="utf-8")
         written.append(run_dir / name)
     return written[0], written[1]
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (``MemAvailable``), or None where that is unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_cache_fits(num_photos: int, config: DatasetConfig, num_workers: int) -> None:
+    """Refuse ``cache_images`` for a photo set whose decoded copies cannot fit in memory.
+
+    Every worker process keeps its own copy of every photo it decodes, each at least the decode side
+    on its short side (4:3 assumed), so the estimate is a lower bound; half of the available memory is
+    the most it may take, the rest being the model's and the operating system's.
+
+    Raises:
+        DataError: the cache would not fit; the message gives the estimate.
+    """
+    if not config.cache_images:
+        return
+    side = PhotoPairs(config, train=True).decode_side() or max(config.lightness_size, config.ab_size)
+    needed = num_photos * side * math.ceil(side * 4 / 3) * 3 * max(num_workers, 1)
+    available = available_memory()
+    if available is not None and needed > available / 2:
+        raise DataError(
+            f"data.cache_images would keep {num_photos:,} decoded photos in each of {max(num_workers, 1)} worker "
+            f"processes, at least {needed / 2**30:,.1f} GiB, more than half of the {available / 2**30:,.1f} GiB "
+            "available: set data.cache_images=false (for large photo sets, decoding is the workers' job)"
+        )

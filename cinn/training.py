@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cinn.data import collate_skipping
 from cinn.devices import resolve_device
 from cinn.errors import UserError
+from cinn.shards import ShardedPhotos
 
 
 @dataclass(frozen=True)
@@ -103,6 +104,34 @@ def training_loader(dataset: Dataset, batch_size: int, num_workers: int, sampler
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
     )
+
+
+def training_batches(
+    dataset: Dataset,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    start_batch: int = 0,
+    group: ProcessGroup | None = None,
+) -> Iterator[dict]:
+    """Endless training batches of this rank, resumable: ``start_batch`` batches in, the stream continues
+    with exactly the photos, crops and noise an uninterrupted run would have drawn. A photo folder is
+    read in a ``ResumableSampler``'s order; tar shards (``ShardedPhotos``) are streamed."""
+    group = group if group is not None else ProcessGroup()
+    if not isinstance(dataset, ShardedPhotos):
+        sampler = ResumableSampler(len(dataset), seed, start_batch * batch_size, group.rank, group.world_size)
+        return iter(training_loader(dataset, batch_size, num_workers, sampler))
+    stream = dataset.ordered(seed, start_batch, batch_size, group.rank, group.world_size)
+    stream.check_readers(num_workers)
+    loader = DataLoader(
+        stream,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_skipping,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    return iter(loader)
 
 
 def validation_loader(dataset: Dataset, batch_size: int, num_workers: int) -> DataLoader:

@@ -52,8 +52,12 @@ def documented_parser(docstring: str) -> argparse.ArgumentParser:
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """--data, --val-data, --out and --resume of a training program."""
-    parser.add_argument("--data", help="photo folder (any tree: ImageNet, COCO, ...) or a list file")
-    parser.add_argument("--val-data", help="validation folder or list (default: a hashed split of --data)")
+    parser.add_argument(
+        "--data",
+        help="photo folder (any tree: ImageNet, COCO, ...), a list file, or tar shards from make_shards.py "
+        "('shards/train-{000000..000127}.tar', quoted)",
+    )
+    parser.add_argument("--val-data", help="validation folder, list or shards (default: a hashed split of --data)")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 

@@ -21,24 +21,22 @@ from pathlib import Path
 import torch
 from cinn.conditioning_nets import PretrainingModel, accumulate_bin_counts
 from cinn.programs.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
-from cinn.programs.run_dir import prepare_run
+from cinn.programs.run_dir import continue_after_restart, photo_datasets, prepare_run
 from safetensors.torch import save_file
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from cinn.color import AB_SCALE
 from cinn.colorizer import conditioning_net_for
-from cinn.data import ColorizationDataset
 from cinn.recipe import PretrainConfig
 from cinn.training import (
-    ResumableSampler,
     atomic_save,
     load_checkpoint,
     resolve_device,
     rng_state,
     set_rng_state,
     stop_signals,
-    training_loader,
+    training_batches,
     validation_loader,
 )
 
@@ -75,7 +73,7 @@ def validate(model: PretrainingModel, loader, device: torch.device, settings: Pr
     }
 
 
-def usable_ab(loader, dataset: ColorizationDataset):
+def usable_ab(loader, dataset):
     """The ab of every batch with a usable photo; ``NoUsablePhotos`` once every photo was rejected."""
     for batch in loader:
         if batch["path"]:
@@ -96,12 +94,12 @@ def export(model: PretrainingModel, out: Path, settings: PretrainConfig) -> None
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    continue_after_restart(args)
     recipe, run = prepare_run(args, load_recipe)
     settings, device = recipe.pretrain, resolve_device(args.device)
     torch.manual_seed(settings.seed)
-    dataset_config = recipe.data.dataset_config(recipe.model)
-    train_set = ColorizationDataset(run.train, train=True, config=dataset_config)
-    val_loader = validation_loader(ColorizationDataset(run.val, train=False, config=dataset_config), 32, 0)
+    train_set, val_set = photo_datasets(run, recipe)
+    val_loader = validation_loader(val_set, 32, 0)
 
     backbone, temperature = conditioning_net_for(recipe.model), settings.baseline_temperature
     model = PretrainingModel(backbone, settings.head_hidden_channels, prediction_temperature=temperature).to(device)
@@ -114,16 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         step = checkpoint["step"]
         set_rng_state(checkpoint["rng"])
     else:  # the rebalancing needs the colour statistics of the training photos
-        counting = training_loader(
-            train_set,
-            settings.batch_size,
-            recipe.data.num_workers,
-            ResumableSampler(len(train_set), settings.seed + 1),
-        )
+        counting = training_batches(train_set, settings.batch_size, recipe.data.num_workers, settings.seed + 1)
         counts = accumulate_bin_counts(model.head.quantizer, usable_ab(counting, train_set), settings.bin_count_batches)
         model.head.set_bin_counts(counts.to(device), mix=settings.rebalance_mix)
-    sampler = ResumableSampler(len(train_set), settings.seed, step * settings.batch_size)
-    batches = iter(training_loader(train_set, settings.batch_size, recipe.data.num_workers, sampler))
+    batches = training_batches(train_set, settings.batch_size, recipe.data.num_workers, settings.seed, step)
 
     def save() -> None:
         atomic_save(

@@ -7,6 +7,10 @@ Examples:
     python pipelines/train.py --out runs/default --resume             # continue after an interruption
     python pipelines/train.py --config configs/debug.yaml --data DIR --out runs/x --set train.steps=50
     torchrun --nproc_per_node 2 pipelines/train.py --config configs/debug.yaml --data DIR --out runs/ddp
+    python pipelines/train.py --config imagenet --data 'shards/train-{000000..000127}.tar' --out runs/x  # tar shards
+    # one machine of two (node_rank 0 and 1); a failed worker restarts the job from its last checkpoint:
+    torchrun --nnodes 2 --node_rank 0 --nproc_per_node 4 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        --rdzv-id imagenet --max-restarts 3 pipelines/train.py --config imagenet --data 'shards/...' --out /shared/run
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from cinn.programs.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
-from cinn.programs.run_dir import prepare_run, sample_grid
+from cinn.programs.run_dir import continue_after_restart, photo_datasets, prepare_run, sample_grid
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
@@ -33,20 +37,18 @@ from tqdm import tqdm
 from cinn.blocks import ActNorm
 from cinn.colorizer import Colorizer
 from cinn.config import to_dict
-from cinn.data import ColorizationDataset
 from cinn.errors import UserError
 from cinn.loss import map_loss
 from cinn.recipe import Recipe
 from cinn.training import (
     ProcessGroup,
-    ResumableSampler,
     atomic_save,
     init_distributed,
     load_checkpoint,
     rng_state,
     set_rng_state,
     stop_signals,
-    training_loader,
+    training_batches,
     validation_loader,
     warmup_cosine,
 )
@@ -112,7 +114,7 @@ def wrap(model: Colorizer, frozen: bool, group: ProcessGroup, device: torch.devi
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def next_batch(batches, progress: Progress, device: torch.device, dataset: ColorizationDataset):
+def next_batch(batches, progress: Progress, device: torch.device, dataset):
     """The next batch with at least one usable photo; skipped photos are counted. ``NoUsablePhotos``
     once every photo of ``dataset`` has been rejected."""
     while True:
@@ -273,11 +275,12 @@ def start_or_resume(args, recipe: Recipe, model: Colorizer, optimizer, scheduler
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         set_rng_state(checkpoint["rng"])
-        return Progress(**checkpoint["progress"])
+        progress = Progress(**checkpoint["progress"])
+        print(f"resuming {args.out} at step {progress.step} ({LAST})", file=sys.stderr)
+        return progress
     if any(isinstance(module, ActNorm) for module in model.modules()):
-        seed = recipe.train.seed + 1
-        first = training_loader(train_set, recipe.train.batch_size, 0, ResumableSampler(len(train_set), seed))
-        lightness, ab = next_batch(iter(first), Progress(), device, train_set)
+        first = training_batches(train_set, recipe.train.batch_size, 0, recipe.train.seed + 1)
+        lightness, ab = next_batch(first, Progress(), device, train_set)
         model.flow.initialize(ab, model.conditions(lightness))
     return Progress()
 
@@ -304,7 +307,7 @@ class Loop:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     progress: Progress
     batches: Iterator
-    train_set: ColorizationDataset
+    train_set: torch.utils.data.Dataset
 
 
 def run_steps(args, recipe: Recipe, loop: Loop, group: ProcessGroup, device, reporter: Reporter | None) -> int | None:
@@ -350,22 +353,20 @@ def run_steps(args, recipe: Recipe, loop: Loop, group: ProcessGroup, device, rep
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    continue_after_restart(args)
     recipe, run = prepare_run(args, load_recipe)
     group, device = init_distributed(recipe.train.device)
     train = recipe.train
     torch.manual_seed(train.seed)
     try:
         # Data: the split written in the run directory is the one used, also on resume.
-        dataset_config = recipe.data.dataset_config(recipe.model)
-        train_set = ColorizationDataset(run.train, train=True, config=dataset_config)
-        val_set = ColorizationDataset(run.val, train=False, config=dataset_config)
+        train_set, val_set = photo_datasets(run, recipe)
 
         model = build_model(recipe, device)
         optimizer, scheduler = build_optimizer(model, recipe)
         progress = start_or_resume(args, recipe, model, optimizer, scheduler, train_set, device)
-        sampler = ResumableSampler(len(train_set), train.seed, progress.step * train.batch_size, group.rank,
-                                   group.world_size)  # fmt: skip
-        batches = iter(training_loader(train_set, train.batch_size, recipe.data.num_workers, sampler))
+        batches = training_batches(train_set, train.batch_size, recipe.data.num_workers, train.seed, progress.step,
+                                   group)  # fmt: skip
         loop = Loop(model, optimizer, scheduler, progress, batches, train_set)
 
         val_loader = validation_loader(val_set, train.batch_size, 0)

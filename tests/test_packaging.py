@@ -22,7 +22,7 @@ LAYERS = [
     {"cinn.errors", "cinn.config", "cinn.color", "cinn.limits", "cinn.devices", "cinn.files", "cinn.loss", "cinn.onnx",
      "cinn.upsample", "cinn.gamut"},
     {"cinn.images", "cinn.blocks", "cinn.conditioning_nets", "cinn.fid"},
-    {"cinn.glow", "cinn.inference", "cinn.metrics", "cinn.data"},
+    {"cinn.glow", "cinn.inference", "cinn.metrics", "cinn.data", "cinn.shards"},
     {"cinn.recipe"},
     {"cinn.colorizer", "cinn"},
     {"cinn.training"},
@@ -108,15 +108,8 @@ def test_the_wheel_holds_one_namespace_with_recipes_and_the_default_model(wheel)
         assert expected in names
     entry_points = zipfile.ZipFile(wheel).read(f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info/"
                                                "entry_points.txt").decode()  # fmt: skip
-    for command in (
-        "cinn-colorize",
-        "cinn-train",
-        "cinn-pretrain",
-        "cinn-evaluate",
-        "cinn-app",
-        "cinn-make-kit",
-        "cinn-export",
-    ):
+    for command in ("cinn-colorize", "cinn-train", "cinn-pretrain", "cinn-evaluate", "cinn-app", "cinn-make-kit",
+                    "cinn-export", "cinn-make-shards"):  # fmt: skip
         assert f"{command} = cinn.programs." in entry_points
 
 
