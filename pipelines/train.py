@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -290,11 +291,21 @@ def export_release(args, recipe: Recipe, model: Colorizer, progress: Progress, r
     card = model_card(model, recipe, progress, run.data, (len(run.train), len(run.val)))
     provenance = {"data": run.data, "train_photos": len(run.train), "steps": progress.step,
                   "val_bits_per_dim": progress.last_val_bits_per_dim, "recipe": to_dict(recipe)}  # fmt: skip
-    release = model.save_pretrained(args.out / "release", card=card, **provenance)
-    if recipe.train.pretrained_conditioning:  # ship the deterministic baseline beside the model
-        baseline = Path(recipe.train.pretrained_conditioning).with_name("baseline.safetensors")
-        if baseline.is_file():
-            shutil.copyfile(baseline, release / "baseline.safetensors")
+    # Written whole beside the run, then moved into place: a release is never seen half-written, and
+    # an earlier one is replaced only once the new one is complete.
+    release, partial = args.out / "release", args.out / f".release.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        model.save_pretrained(partial, card=card, **provenance)
+        if recipe.train.pretrained_conditioning:  # ship the deterministic baseline beside the model
+            baseline = Path(recipe.train.pretrained_conditioning).with_name("baseline.safetensors")
+            if baseline.is_file():
+                shutil.copyfile(baseline, partial / "baseline.safetensors")
+        if release.exists():
+            shutil.rmtree(release)
+        partial.rename(release)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     print(f"release written to {release}")
 
 

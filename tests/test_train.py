@@ -102,6 +102,23 @@ def test_debug_run_writes_a_release_that_samples(tmp_path, photo_folder):
     assert run_train("--data", str(photo_folder), "--out", str(run)) == 2
 
 
+def test_a_release_is_never_left_half_written(tmp_path, photo_folder, monkeypatch):
+    """Writing the weights fails after the config was written: no release directory appears, and
+    no temporary is left behind."""
+    import cinn.colorizer
+
+    def failing_save_file(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(cinn.colorizer, "save_file", failing_save_file)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="No space left"):
+        run_train("--data", str(photo_folder), "--out", str(run), "--set", "train.steps=1")
+    assert (run / "checkpoints/last.pt").is_file()
+    assert not (run / "release").exists()
+    assert not [path.name for path in run.iterdir() if "release" in path.name]
+
+
 @pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
 def test_a_stop_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path, photo_folder, monkeypatch,
                                                                           signal_number):  # fmt: skip
