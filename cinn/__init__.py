@@ -23,6 +23,7 @@ except importlib.metadata.PackageNotFoundError:  # run from a source tree that w
 # Imported on first use, so that ``import cinn`` (and every program's start-up) stays light.
 _LAZY = {
     "Colorizer": "cinn.colorizer",
+    "load_regression_baseline": "cinn.colorizer",
     "ConditionalGlow": "cinn.glow",
     "GlowConfig": "cinn.glow",
     "MAPLoss": "cinn.loss",

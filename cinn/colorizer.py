@@ -12,11 +12,12 @@ import torch
 import torch.nn.functional as F
 import yaml
 from PIL import Image
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cinn.conditioning_nets import ConditioningNet, build_conditioning_net
+from cinn.conditioning_nets import ConditioningNet, PretrainingModel, build_conditioning_net
+from cinn.conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE
 from cinn.config import ConfigError, from_dict, save_config
 from cinn.errors import ReleaseError, UsageError
 from cinn.glow import ConditionalGlow
@@ -26,6 +27,7 @@ from cinn.loss import bits_per_dim, negative_log_likelihood, sample_latents
 from cinn.recipe import ModelConfig
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.yaml", "model.safetensors", "README.md"
+BASELINE_FILE = "baseline.safetensors"  # optional: the pretrained net + head, a deterministic baseline
 MAX_WORKING_SIDE = 1024  # lightness short side the model may be run at; far beyond any training size
 
 
@@ -276,6 +278,35 @@ class Colorizer(nn.Module):
             reason = str(error).strip().splitlines()[-1].strip()
             raise ReleaseError(f"'{directory / WEIGHTS_FILE}' does not match its config.yaml ({reason})") from None
         return model.to(device).eval()
+
+
+def load_regression_baseline(directory: str | Path, config: ModelConfig, device: str | torch.device = "cpu"):
+    """The release's pretrained conditioning net + colorization head (a ``PretrainingModel``, whose
+    ``predict_ab`` is the deterministic regression baseline), or None if the release ships none.
+
+    It decodes with the annealed-mean temperature the pretraining chose (metadata
+    ``baseline_temperature``; Zhang et al.'s 0.38 for baselines written before it was recorded).
+    """
+    path = Path(directory) / BASELINE_FILE
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise ReleaseError(f"'{path}' is damaged or not safetensors ({error})") from None
+    if "head_hidden_channels" not in metadata:
+        raise ReleaseError(f"'{path}' lacks the 'head_hidden_channels' metadata written by pretrain_condnet.py.")
+    hidden_channels = int(json.loads(metadata["head_hidden_channels"]))
+    temperature = float(json.loads(metadata.get("baseline_temperature", str(ANNEALED_MEAN_TEMPERATURE))))
+    baseline = PretrainingModel(conditioning_net_for(config), hidden_channels, prediction_temperature=temperature)
+    try:
+        baseline.load_state_dict(tensors)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise ReleaseError(f"'{path}' does not match the release's config.yaml ({reason})") from None
+    return baseline.to(device).eval()
 
 
 def as_pil_image(image: Image.Image | np.ndarray) -> Image.Image:

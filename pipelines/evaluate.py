@@ -19,7 +19,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -31,25 +30,21 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from cinn.conditioning_nets import PretrainingModel
-from cinn.conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE
 from cinn.programs.cli import documented_parser, user_errors_exit
 from cinn.programs.evaluation_report import ImageResult, ReportCollector, check_report_directory, row_name, write_report
-from safetensors import safe_open
-from safetensors.torch import load_file
 from tqdm import tqdm
 
 import cinn
 from cinn import metrics
 from cinn.color import denormalize_ab, denormalize_lightness, normalized_lab_to_rgb, rgb_to_lab
-from cinn.colorizer import Colorizer, conditioning_net_for
+from cinn.colorizer import BASELINE_FILE, Colorizer, load_regression_baseline
 from cinn.data import ColorizationDataset, DatasetConfig
-from cinn.errors import DataError, ReleaseError
+from cinn.errors import DataError
 from cinn.fid import InceptionFeatures
 from cinn.images import ImageLoadError, list_images, load_rgb
 from cinn.inference import prepare_photo, recombine, to_pil
 from cinn.training import resolve_device, validation_loader
 
-BASELINE_FILE = "baseline.safetensors"
 CATEGORIES_FILE = "categories.tsv"  # written by make_photo_kit.py beside each split's photos
 
 
@@ -88,26 +83,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.n < 1 or args.batch_size < 1 or args.sheet_images < 0 or (args.limit is not None and args.limit < 1):
         parser.error("--n, --batch-size and --limit must be >= 1 and --sheet-images >= 0")
     return args
-
-
-def load_regression_baseline(directory: Path, model: Colorizer, device: torch.device) -> PretrainingModel | None:
-    """The release's pretrained conditioning net + colorization head, or None if it ships none.
-
-    Its ``predict_ab`` decodes with the annealed-mean temperature the pretraining chose (metadata
-    ``baseline_temperature``; Zhang et al.'s 0.38 for baselines written before it was recorded).
-    """
-    path = directory / BASELINE_FILE
-    if not path.is_file():
-        return None
-    with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata() or {}
-    if "head_hidden_channels" not in metadata:
-        raise ReleaseError(f"'{path}' lacks the 'head_hidden_channels' metadata written by pretrain_condnet.py.")
-    hidden_channels = int(json.loads(metadata["head_hidden_channels"]))
-    temperature = float(json.loads(metadata.get("baseline_temperature", str(ANNEALED_MEAN_TEMPERATURE))))
-    baseline = PretrainingModel(conditioning_net_for(model.config), hidden_channels, prediction_temperature=temperature)
-    baseline.load_state_dict(load_file(path))
-    return baseline.to(device).eval()
 
 
 def read_categories(data: str, categories: Path | None) -> dict[str, str]:
@@ -299,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Colorizer.from_pretrained(args.model, device=device)
     if args.temperatures is None:
         args.temperatures = sorted({0.5, model.config.temperature, 1.0})
-    baseline = load_regression_baseline(args.model, model, device)
+    baseline = load_regression_baseline(args.model, model.config, device)
     paths = list_images(args.data)[: args.limit]
     categories = read_categories(args.data, args.categories)
     inception = InceptionFeatures(args.inception_weights).to(device) if args.inception_weights else None

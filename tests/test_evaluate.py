@@ -18,7 +18,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cinn.color import AB_SCALE, rgb_to_lab
-from cinn.colorizer import Colorizer, conditioning_net_for
+from cinn.colorizer import BASELINE_FILE, Colorizer, conditioning_net_for
 from cinn.data import ColorizationDataset, DatasetConfig
 from cinn.fid import InceptionFeatures
 from cinn.images import list_images
@@ -40,7 +40,7 @@ def release(tmp_path_factory, photo_folder) -> Path:
     model = Colorizer.from_pretrained(run / "release")
     baseline = PretrainingModel(conditioning_net_for(model.config), hidden_channels=8)
     tensors = {name: tensor.contiguous() for name, tensor in baseline.state_dict().items()}
-    save_file(tensors, run / "release" / evaluate.BASELINE_FILE, {"head_hidden_channels": json.dumps(8)})
+    save_file(tensors, run / "release" / BASELINE_FILE, {"head_hidden_channels": json.dumps(8)})
     return run / "release"
 
 
@@ -111,7 +111,7 @@ def test_report_files_and_numbers(tmp_path, release, photo_folder, capsys):
 
 def test_full_resolution_with_fid_and_no_baseline(tmp_path, release, photo_folder, capsys):
     bare = tmp_path / "bare"
-    shutil.copytree(release, bare, ignore=shutil.ignore_patterns(evaluate.BASELINE_FILE))
+    shutil.copytree(release, bare, ignore=shutil.ignore_patterns(BASELINE_FILE))
     weights = save_random_inception(tmp_path / "inception.pt")
     out = tmp_path / "full"
     arguments = ["--model", str(bare), "--data", str(photo_folder), "--out", str(out), "--full-resolution"]

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from skimage.color import lab2rgb, rgb2lab
 
-from cinn import inference
+from cinn import DEFAULT_MODEL, inference
 from cinn.color import lab_to_rgb
-from cinn.colorizer import Colorizer
+from cinn.colorizer import BASELINE_FILE, Colorizer, load_regression_baseline
 from cinn.errors import ReleaseError
 from cinn.gamut import gamut_scale
 from cinn.inference import fit_to_gamut, interpolate_latents, working_size
@@ -159,6 +160,26 @@ def test_from_pretrained_names_what_is_missing_or_damaged(tmp_path, debug_releas
         (damaged / name).write_bytes(content)
         with pytest.raises(ReleaseError, match=message):
             Colorizer.from_pretrained(damaged)
+
+
+def test_the_api_loads_a_releases_regression_baseline(tmp_path, debug_release):
+    model = Colorizer.from_pretrained(DEFAULT_MODEL)
+    baseline = load_regression_baseline(DEFAULT_MODEL, model.config)
+    stored = load_file(DEFAULT_MODEL / BASELINE_FILE)
+    assert stored.keys() == baseline.state_dict().keys()
+    assert all(torch.equal(stored[name], tensor) for name, tensor in baseline.state_dict().items())
+    lightness = torch.rand(2, 1, 64, 64) * 2 - 1
+    ab = baseline.predict_ab(lightness, out_size=(32, 32))
+    assert ab.shape == (2, 2, 32, 32) and torch.isfinite(ab).all() and ab.std() > 0
+
+    assert load_regression_baseline(debug_release, model.config) is None  # it ships none
+    damaged = shutil.copytree(DEFAULT_MODEL, tmp_path / "damaged")
+    (damaged / BASELINE_FILE).write_bytes((DEFAULT_MODEL / BASELINE_FILE).read_bytes()[:1000])
+    with pytest.raises(ReleaseError, match="is damaged or not safetensors"):
+        load_regression_baseline(damaged, model.config)
+    other = Colorizer.from_pretrained(debug_release).config  # a conditioning net of another shape
+    with pytest.raises(ReleaseError, match="does not match the release's config.yaml"):
+        load_regression_baseline(DEFAULT_MODEL, other)
 
 
 def test_default_temperature_comes_from_the_release(tmp_path, debug_release):
