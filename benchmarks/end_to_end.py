@@ -65,8 +65,7 @@ def colorize_row(recipe: Recipe, side: int, num_samples: int, repeats: int, devi
 
 def training_rows(recipe: Recipe, batch: int, repeats: int, device: torch.device) -> list[dict]:
     """Images/s of pipelines/train.py's optimisation step on random batches, per training phase."""
-    from cinn.programs.train import Progress, build_optimizer, optimisation_step, wrap
-
+    from cinn.flow_training import Progress, build_optimizer, optimisation_step, wrap
     from cinn.training import ProcessGroup
 
     torch.manual_seed(0)

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 
 import torch
-from cinn.programs.train import Progress, build_optimizer, optimisation_step
 from torch.utils.flop_counter import FlopCounterMode
 
 from cinn.colorizer import Colorizer
 from cinn.config import load_config
+from cinn.flow_training import Progress, build_optimizer, optimisation_step
 from cinn.recipe import Recipe, find_recipe
 
 OVERRIDES = ["train.pretrained_conditioning=null", "train.freeze_conditioning_steps=0"]

@@ -51,7 +51,7 @@ def documented_parser(docstring: str) -> argparse.ArgumentParser:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """--data, --val-data, --out and --resume of a training program."""
+    """--data, --val-data, --out, --resume and --device of a training program."""
     parser.add_argument(
         "--data",
         help="photo folder (any tree: ImageNet, COCO, ...), a list file, or tar shards from make_shards.py "
@@ -60,6 +60,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-data", help="validation folder, list or shards (default: a hashed split of --data)")
     parser.add_argument("--out", type=Path, required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--device", help="cpu, cuda or auto (default: the recipe's train.device)")
 
 
 def add_recipe_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:

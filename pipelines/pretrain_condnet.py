@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,31 +24,31 @@ from cinn.conditioning_nets import PretrainingModel, accumulate_bin_counts
 from cinn.programs.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
 from cinn.programs.run_dir import continue_after_restart, photo_datasets, prepare_run
 from safetensors.torch import save_file
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from cinn.color import AB_SCALE
 from cinn.colorizer import conditioning_net_for
-from cinn.recipe import PretrainConfig
-from cinn.training import (
-    atomic_save,
-    load_checkpoint,
-    resolve_device,
-    rng_state,
-    set_rng_state,
-    stop_signals,
-    training_batches,
-    validation_loader,
-)
+from cinn.config import to_dict
+from cinn.recipe import PretrainConfig, Recipe
+from cinn.run_loop import RunLog, run_steps, save_checkpoint
+from cinn.training import load_checkpoint, resolve_device, set_rng_state, training_batches, validation_loader
 
-LAST = "checkpoints/last.pt"
+LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
+
+
+@dataclass
+class Progress:
+    """What a checkpoint restores besides the weights."""
+
+    step: int = 0
+    best_val_loss: float = math.inf
+    elapsed_seconds: float = 0.0  # wall-clock time of the optimisation loop, summed over resumes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = documented_parser(__doc__)
     add_recipe_arguments(parser, config_required=False)
     add_run_arguments(parser)
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
     return parser.parse_args(argv)
 
 
@@ -82,6 +83,56 @@ def usable_ab(loader, dataset):
             dataset.check_some_usable()
 
 
+def start_or_resume(args, recipe: Recipe, model: PretrainingModel, optimizer, train_set, device) -> Progress:
+    """The resumed state (weights, optimiser, RNG), or a fresh start with the rebalancing statistics."""
+    settings = recipe.pretrain
+    if args.resume:
+        checkpoint = load_checkpoint(args.out / LAST)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        set_rng_state(checkpoint["rng"])
+        # Checkpoints written before the shared loop held only the step.
+        return Progress(**checkpoint.get("progress", {"step": checkpoint.get("step", 0)}))
+    counting = training_batches(train_set, settings.batch_size, recipe.data.num_workers, settings.seed + 1)
+    counts = accumulate_bin_counts(model.head.quantizer, usable_ab(counting, train_set), settings.bin_count_batches)
+    model.head.set_bin_counts(counts.to(device), mix=settings.rebalance_mix)
+    return Progress()
+
+
+def pretraining_step(model, optimizer, batch, train_set, progress: Progress, run_log: RunLog, settings, device) -> bool:
+    """One Adam step on ``batch`` (False, and no step, for a batch without a usable photo)."""
+    if not batch["path"]:
+        train_set.check_some_usable()
+        return False
+    started = time.perf_counter()
+    loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device), settings.regression_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    progress.step += 1
+    progress.elapsed_seconds += time.perf_counter() - started
+    run_log.stepped(len(batch["path"]))
+    if progress.step % settings.log_every == 0:
+        rate = run_log.images_per_second()
+        run_log.bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
+        run_log.log(progress.step, {"train/loss": loss.item(), "train/images_per_second": rate})
+    return True
+
+
+def report(model, val_loader, progress: Progress, run_log: RunLog, settings, device, save, out: Path) -> None:
+    """Validation and checkpoints when due (``save(path)`` writes one; best.pt by validation loss)."""
+    step, final = progress.step, progress.step == settings.steps
+    if step % settings.val_every == 0 or final:
+        metrics = validate(model, val_loader, device, settings)
+        run_log.log(step, metrics)
+        tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+        if metrics["val/loss"] < progress.best_val_loss:
+            progress.best_val_loss = metrics["val/loss"]
+            save(out / BEST)
+    if step % settings.checkpoint_every == 0 or final:
+        save(out / LAST)
+
+
 def export(model: PretrainingModel, out: Path, settings: PretrainConfig) -> None:
     metadata = {
         "head_hidden_channels": json.dumps(settings.head_hidden_channels),
@@ -96,78 +147,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     continue_after_restart(args)
     recipe, run = prepare_run(args, load_recipe)
-    settings, device = recipe.pretrain, resolve_device(args.device)
+    settings, device = recipe.pretrain, resolve_device(args.device or recipe.train.device)
     torch.manual_seed(settings.seed)
     train_set, val_set = photo_datasets(run, recipe)
-    val_loader = validation_loader(val_set, 32, 0)
+    val_loader = validation_loader(val_set, settings.batch_size, 0)
 
     backbone, temperature = conditioning_net_for(recipe.model), settings.baseline_temperature
     model = PretrainingModel(backbone, settings.head_hidden_channels, prediction_temperature=temperature).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    step = 0
-    if args.resume:
-        checkpoint = load_checkpoint(args.out / LAST)
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        step = checkpoint["step"]
-        set_rng_state(checkpoint["rng"])
-    else:  # the rebalancing needs the colour statistics of the training photos
-        counting = training_batches(train_set, settings.batch_size, recipe.data.num_workers, settings.seed + 1)
-        counts = accumulate_bin_counts(model.head.quantizer, usable_ab(counting, train_set), settings.bin_count_batches)
-        model.head.set_bin_counts(counts.to(device), mix=settings.rebalance_mix)
-    batches = training_batches(train_set, settings.batch_size, recipe.data.num_workers, settings.seed, step)
+    progress = start_or_resume(args, recipe, model, optimizer, train_set, device)
+    batches = training_batches(train_set, settings.batch_size, recipe.data.num_workers, settings.seed, progress.step)
+    run_log = RunLog(args.out, settings.steps, progress.step)
 
-    def save() -> None:
-        atomic_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "step": step,
-                "rng": rng_state(),
-            },
-            args.out / LAST,
-        )
+    def save(path: Path) -> None:
+        save_checkpoint(path, progress, to_dict(recipe), model=model, optimizer=optimizer)
 
-    writer = SummaryWriter(args.out / "tensorboard")
-    bar = tqdm(total=settings.steps, initial=step, dynamic_ncols=True)
-    clock = time.perf_counter()
-    with stop_signals() as stop:
-        try:
-            while step < settings.steps:
-                if stop.requested:  # between steps: the saved weights and step count agree
-                    save()
-                    print(f"\nstopped at step {step}; saved. Continue with --resume --out {args.out}", file=sys.stderr)
-                    return 130
-                batch = next(batches)
-                if not batch["path"]:
-                    train_set.check_some_usable()
-                    continue
-                loss = model.loss(batch["lightness"].to(device), batch["ab"].to(device), settings.regression_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                bar.update(1)
-                if step % settings.log_every == 0:
-                    rate = settings.log_every * settings.batch_size / (time.perf_counter() - clock)
-                    clock = time.perf_counter()
-                    bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
-                    writer.add_scalar("train/loss", loss.item(), step)
-                if step % settings.val_every == 0 or step == settings.steps:
-                    metrics = validate(model, val_loader, device, settings)
-                    for name, value in metrics.items():
-                        writer.add_scalar(name, value, step)
-                    tqdm.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-                if step % settings.checkpoint_every == 0 or step == settings.steps:
-                    save()
-        except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, so nothing is saved
-            print(f"\ninterrupted twice: stopped without saving; {args.out / LAST} is the last good checkpoint",
-                  file=sys.stderr)  # fmt: skip
-            return 130
-        finally:
-            bar.close()
-            writer.close()
+    def take_step() -> None:
+        if pretraining_step(model, optimizer, next(batches), train_set, progress, run_log, settings, device):
+            report(model, val_loader, progress, run_log, settings, device, save, args.out)
 
+    try:
+        hint = f"python pipelines/pretrain_condnet.py --out {args.out} --resume"
+        stopped = run_steps(settings.steps, progress, take_step, lambda: save(args.out / LAST), args.out / LAST, hint)
+    finally:
+        run_log.close()
+    if stopped is not None:
+        return stopped
     export(model, args.out, settings)
     print(f"backbone written to {args.out / 'backbone.safetensors'}")
     return 0

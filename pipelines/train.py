@@ -16,8 +16,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import shutil
 import sys
@@ -30,48 +28,32 @@ import torch
 import torch.distributed as dist
 from cinn.programs.cli import add_recipe_arguments, add_run_arguments, documented_parser, load_recipe, user_errors_exit
 from cinn.programs.run_dir import continue_after_restart, photo_datasets, prepare_run, sample_grid
-from safetensors.torch import load_file
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from cinn.blocks import ActNorm
 from cinn.colorizer import Colorizer
 from cinn.config import to_dict
-from cinn.errors import UserError
-from cinn.loss import map_loss
+from cinn.flow_training import (
+    Progress,
+    build_model,
+    build_optimizer,
+    conditioning_frozen,
+    next_batch,
+    optimisation_step,
+    validate,
+    wrap,
+)
 from cinn.recipe import Recipe
+from cinn.run_loop import RunLog, run_steps, save_checkpoint
 from cinn.training import (
     ProcessGroup,
-    atomic_save,
     init_distributed,
     load_checkpoint,
-    rng_state,
     set_rng_state,
-    stop_signals,
     training_batches,
     validation_loader,
-    warmup_cosine,
 )
 
 LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
-
-
-class TrainingDiverged(UserError, RuntimeError):
-    """Too many non-finite steps in a row: the settings (learning rate, clipping) need a change."""
-
-
-@dataclass
-class Progress:
-    """Everything about the loop that a checkpoint must restore besides the weights."""
-
-    step: int = 0
-    best_val_bits_per_dim: float = math.inf
-    last_val_bits_per_dim: float = math.inf
-    skipped_steps: int = 0
-    consecutive_bad_steps: int = 0
-    skipped_photos: int = 0
-    elapsed_seconds: float = 0.0  # wall-clock time of the optimisation loop, summed over resumes
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -81,79 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def build_model(recipe: Recipe, device: torch.device) -> Colorizer:
-    model = Colorizer(recipe.model)
-    path = recipe.train.pretrained_conditioning
-    if path is not None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"train.pretrained_conditioning: '{path}' does not exist")
-        model.conditioning_net.load_state_dict(load_file(path))
-    return model.to(device)
-
-
-def build_optimizer(model: Colorizer, recipe: Recipe):
-    train = recipe.train
-    groups = [{"params": list(model.flow.parameters()), "lr": train.lr}]
-    groups.append({"params": list(model.conditioning_net.parameters()), "lr": train.conditioning_lr})
-    optimizer = torch.optim.Adam(groups, eps=train.adam_eps)
-    schedule = warmup_cosine(train.warmup_steps, train.steps, train.min_lr_ratio, train.schedule == "cosine")
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def conditioning_frozen(recipe: Recipe, step: int) -> bool:
-    freeze = recipe.train.freeze_conditioning_steps
-    return freeze < 0 or step < freeze
-
-
-def wrap(model: Colorizer, frozen: bool, group: ProcessGroup, device: torch.device) -> torch.nn.Module:
-    """Sets what trains in this phase; DDP (re)built so it only syncs what trains."""
-    model.conditioning_net.requires_grad_(not frozen)
-    model.conditioning_net.train(not frozen)
-    model.flow.train()
-    if group.world_size == 1:
-        return model
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def next_batch(batches, progress: Progress, device: torch.device, dataset):
-    """The next batch with at least one usable photo; skipped photos are counted. ``NoUsablePhotos``
-    once every photo of ``dataset`` has been rejected."""
-    while True:
-        batch = next(batches)
-        progress.skipped_photos += batch["num_skipped"]
-        if batch["path"]:
-            return batch["lightness"].to(device), batch["ab"].to(device)
-        dataset.check_some_usable()
-
-
-@torch.no_grad()
-def validate(model: Colorizer, loader, max_batches: int, device: torch.device) -> float:
-    """Mean bits/dim of the validation ab (no noise, centre crops)."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for index, batch in enumerate(loader):
-        if index >= max_batches:
-            break
-        if batch["path"]:
-            bits = model.nll(batch["lightness"].to(device), batch["ab"].to(device))
-            total, count = total + bits.sum().item(), count + bits.numel()
-    model.train(was_training)
-    return total / max(count, 1)
-
-
-def save_checkpoint(path: Path, model, optimizer, scheduler, progress: Progress, recipe: Recipe) -> None:
-    atomic_save(
-        {
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "progress": progress.__dict__,
-            "rng": rng_state(),
-            "recipe": to_dict(recipe),
-        },
-        path,
-    )
+def save(path: Path, model, optimizer, scheduler, progress: Progress, recipe: Recipe) -> None:
+    save_checkpoint(path, progress, to_dict(recipe), model=model, optimizer=optimizer, scheduler=scheduler)
 
 
 def model_card(model: Colorizer, recipe: Recipe, progress: Progress, data: str, counts: tuple[int, int]) -> str:
@@ -192,53 +103,24 @@ def check_ranks_in_sync(model: torch.nn.Module) -> None:
         print(f"weights identical on all {len(gathered)} ranks")
 
 
-def optimisation_step(forward, model: Colorizer, optimizer, lightness, ab, recipe: Recipe, progress: Progress):
-    """Forward, MAP loss, backward, clip and (if everything is finite) the Adam step."""
-    train = recipe.train
-    with torch.autocast(lightness.device.type, dtype=torch.bfloat16, enabled=train.bf16):
-        zs, logdet = forward(lightness, ab)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    loss = map_loss([z.float() for z in zs], logdet.float(), trainable, train.l2_weight)
-    optimizer.zero_grad(set_to_none=True)
-    loss.total.backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainable, train.grad_clip)
-    if torch.isfinite(loss.total) and torch.isfinite(grad_norm):
-        optimizer.step()
-        progress.consecutive_bad_steps = 0
-        return loss, grad_norm
-    progress.skipped_steps += 1  # a non-finite step is counted and skipped, never applied
-    progress.consecutive_bad_steps += 1
-    if progress.consecutive_bad_steps >= train.max_bad_steps:
-        raise TrainingDiverged(
-            f"{progress.consecutive_bad_steps} non-finite steps in a row at step {progress.step}; stopped, "
-            "the last good checkpoint is intact (try a lower train.lr or train.grad_clip)"
-        )
-    return loss, grad_norm
-
-
 class Reporter:
-    """Rank 0's outputs: progress bar, TensorBoard, JSONL log, validation, sample grids, checkpoints."""
+    """Rank 0's outputs after each step: the run's log, validation, sample grids, checkpoints."""
 
     def __init__(self, out: Path, recipe: Recipe, progress: Progress, val_loader, device: torch.device):
         self.out, self.recipe, self.val_loader, self.device = out, recipe, val_loader, device
-        self.writer = SummaryWriter(out / "tensorboard")
-        self.log_file = open(out / "log.jsonl", "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
-        self.bar = tqdm(total=recipe.train.steps, initial=progress.step, dynamic_ncols=True)
-        self.images, self.clock = 0, time.perf_counter()
+        self.run_log = RunLog(out, recipe.train.steps, progress.step)
 
     def due(self, every: int, step: int) -> bool:
         return step % every == 0 or step == self.recipe.train.steps
 
     def after_step(self, model, optimizer, scheduler, progress: Progress, loss, grad_norm, images: int) -> None:
-        train, step = self.recipe.train, progress.step
-        self.bar.update(1)
-        self.images += images
+        train, step, run_log = self.recipe.train, progress.step, self.run_log
+        run_log.stepped(images)
         if self.due(train.log_every, step):
-            rate = self.images / (time.perf_counter() - self.clock)
-            self.images, self.clock = 0, time.perf_counter()
+            rate = run_log.images_per_second()
             bpd, total = loss.nll_bits_per_dim.item(), loss.total.item()
-            self.bar.set_postfix(loss=f"{total:.3f}", bpd=f"{bpd:.3f}", img_s=f"{rate:.1f}")
-            self.log(step, {
+            run_log.bar.set_postfix(loss=f"{total:.3f}", bpd=f"{bpd:.3f}", img_s=f"{rate:.1f}")
+            run_log.log(step, {
                 "train/bits_per_dim": bpd, "train/l2": loss.l2.item(), "train/loss": total,
                 "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm.item(),
                 "train/skipped_steps": progress.skipped_steps, "train/skipped_photos": progress.skipped_photos,
@@ -246,26 +128,15 @@ class Reporter:
             })  # fmt: skip
         if self.due(train.val_every, step):
             val_bpd = validate(model, self.val_loader, train.val_batches, self.device)
-            self.log(step, {"val/bits_per_dim": val_bpd})
+            run_log.log(step, {"val/bits_per_dim": val_bpd})
             progress.last_val_bits_per_dim = val_bpd
             if val_bpd < progress.best_val_bits_per_dim:
                 progress.best_val_bits_per_dim = val_bpd
-                save_checkpoint(self.out / BEST, model, optimizer, scheduler, progress, self.recipe)
+                save(self.out / BEST, model, optimizer, scheduler, progress, self.recipe)
         if self.due(train.image_every, step):
-            self.writer.add_image("samples", sample_grid(model, self.val_loader, self.device), step)
+            run_log.writer.add_image("samples", sample_grid(model, self.val_loader, self.device), step)
         if self.due(train.checkpoint_every, step):
-            save_checkpoint(self.out / LAST, model, optimizer, scheduler, progress, self.recipe)
-
-    def log(self, step: int, scalars: dict[str, float]) -> None:
-        for name, value in scalars.items():
-            self.writer.add_scalar(name, value, step)
-        self.log_file.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.log_file.flush()
-
-    def close(self) -> None:
-        self.bar.close()
-        self.writer.close()
-        self.log_file.close()
+            save(self.out / LAST, model, optimizer, scheduler, progress, self.recipe)
 
 
 def start_or_resume(args, recipe: Recipe, model: Colorizer, optimizer, scheduler, train_set, device) -> Progress:
@@ -321,44 +192,36 @@ class Loop:
     train_set: torch.utils.data.Dataset
 
 
-def run_steps(args, recipe: Recipe, loop: Loop, group: ProcessGroup, device, reporter: Reporter | None) -> int | None:
-    """Steps until ``train.steps``; 130 if a stop signal came first (saved between two steps)."""
-    frozen, forward = None, None
-    progress = loop.progress
-    with stop_signals() as stop:
-        try:
-            while progress.step < recipe.train.steps:
-                # Checked between steps, so a saved checkpoint's weights and step always agree.
-                if stop.agreed(group, device):
-                    if group.is_main:
-                        save_checkpoint(args.out / LAST, loop.model, loop.optimizer, loop.scheduler, progress, recipe)
-                        print(f"\nstopped at step {progress.step}; saved. Continue with: "
-                              f"python pipelines/train.py --out {args.out} --resume", file=sys.stderr)  # fmt: skip
-                    return 130
-                if conditioning_frozen(recipe, progress.step) != frozen:
-                    frozen = conditioning_frozen(recipe, progress.step)
-                    forward = wrap(loop.model, frozen, group, device)
-                    forward = torch.compile(forward) if recipe.train.compile else forward
-                started = time.perf_counter()
-                lightness, ab = next_batch(loop.batches, progress, device, loop.train_set)
-                loss, grad_norm = optimisation_step(
-                    forward, loop.model, loop.optimizer, lightness, ab, recipe, progress
-                )
-                loop.scheduler.step()
-                progress.step += 1
-                progress.elapsed_seconds += time.perf_counter() - started
-                if reporter:
-                    images = lightness.shape[0] * group.world_size
-                    reporter.after_step(loop.model, loop.optimizer, loop.scheduler, progress, loss, grad_norm, images)
-        except KeyboardInterrupt:  # a second Ctrl-C: the step may be half done, so nothing is saved
-            print(f"\ninterrupted twice: stopped without saving; {args.out / LAST} is the last good checkpoint",
-                  file=sys.stderr)  # fmt: skip
-            return 130
-        finally:
-            # The DDP wrapper goes before the process group does (main's finally), on every path:
-            # a two-process run that outlived its wrapper's group has been seen to hang on exit.
-            del forward
-    return None
+def train_steps(args, recipe: Recipe, loop: Loop, group: ProcessGroup, device, reporter: Reporter | None) -> int | None:
+    """Steps until ``train.steps`` in the shared loop; 130 if a stop signal came first (saved)."""
+    progress, frozen, forward = loop.progress, None, None
+
+    def take_step() -> None:
+        nonlocal frozen, forward
+        if conditioning_frozen(recipe, progress.step) != frozen:
+            frozen = conditioning_frozen(recipe, progress.step)
+            forward = wrap(loop.model, frozen, group, device)
+            forward = torch.compile(forward) if recipe.train.compile else forward
+        started = time.perf_counter()
+        lightness, ab = next_batch(loop.batches, progress, device, loop.train_set)
+        loss, grad_norm = optimisation_step(forward, loop.model, loop.optimizer, lightness, ab, recipe, progress)
+        loop.scheduler.step()
+        progress.step += 1
+        progress.elapsed_seconds += time.perf_counter() - started
+        if reporter:
+            images = lightness.shape[0] * group.world_size
+            reporter.after_step(loop.model, loop.optimizer, loop.scheduler, progress, loss, grad_norm, images)
+
+    def save_last() -> None:
+        save(args.out / LAST, loop.model, loop.optimizer, loop.scheduler, progress, recipe)
+
+    try:
+        hint = f"python pipelines/train.py --out {args.out} --resume"
+        return run_steps(recipe.train.steps, progress, take_step, save_last, args.out / LAST, hint, group, device)
+    finally:
+        # The DDP wrapper goes before the process group does (main's finally), on every path: a
+        # two-process run that outlived its wrapper's group has been seen to hang on exit.
+        forward = None
 
 
 @user_errors_exit
@@ -366,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     continue_after_restart(args)
     recipe, run = prepare_run(args, load_recipe)
-    group, device = init_distributed(recipe.train.device)
+    group, device = init_distributed(args.device or recipe.train.device)
     train = recipe.train
     torch.manual_seed(train.seed)
     try:
@@ -383,10 +246,10 @@ def main(argv: list[str] | None = None) -> int:
         val_loader = validation_loader(val_set, train.batch_size, 0)
         reporter = Reporter(args.out, recipe, progress, val_loader, device) if group.is_main else None
         try:
-            stopped = run_steps(args, recipe, loop, group, device, reporter)
+            stopped = train_steps(args, recipe, loop, group, device, reporter)
         finally:
             if reporter:
-                reporter.close()
+                reporter.run_log.close()
         if stopped is not None:
             return stopped
         if group.world_size > 1:

@@ -25,7 +25,7 @@ LAYERS = [
     {"cinn.glow", "cinn.inference", "cinn.metrics", "cinn.data", "cinn.shards"},
     {"cinn.recipe"},
     {"cinn.colorizer", "cinn"},
-    {"cinn.training"},
+    {"cinn.training", "cinn.run_loop", "cinn.flow_training"},
     {"cinn.programs", "cinn.recipes"},
 ]  # fmt: skip
 

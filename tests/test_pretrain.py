@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cinn.programs.pretrain_condnet as pretrain_pipeline
@@ -17,8 +18,11 @@ DEBUG = str(Path(__file__).resolve().parents[1] / "configs" / "debug.yaml")
 def test_two_steps_write_a_checkpoint_that_resumes_and_feeds_the_flow(tmp_path, photo_folder, capsys):
     run = tmp_path / "pretrain"
     assert pretrain_pipeline.main(["--config", DEBUG, "--data", str(photo_folder), "--out", str(run)]) == 0
-    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=False)
-    assert checkpoint["step"] == 2
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=True)  # plain data, like train.py's
+    assert checkpoint["progress"]["step"] == 2 and checkpoint["recipe"]["pretrain"]["steps"] == 2
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    assert best["progress"]["best_val_loss"] == min(entry["val/loss"] for entry in logged if "val/loss" in entry)
     backbone = load_file(run / "backbone.safetensors")
     baseline = load_file(run / "baseline.safetensors")
     assert baseline["head.bin_counts"].sum() > 0  # the rebalancing statistics were gathered
@@ -26,7 +30,9 @@ def test_two_steps_write_a_checkpoint_that_resumes_and_feeds_the_flow(tmp_path, 
 
     # Resume to 4 steps: the weights move on from the saved ones.
     assert pretrain_pipeline.main(["--out", str(run), "--resume", "--set", "pretrain.steps=4"]) == 0
-    assert torch.load(run / "checkpoints/last.pt", weights_only=False)["step"] == 4
+    assert torch.load(run / "checkpoints/last.pt", weights_only=True)["progress"]["step"] == 4
+    logged = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in logged if "val/loss" in entry] == [2, 4]  # one log across the resume
     resumed = load_file(run / "backbone.safetensors")
     assert any(not torch.equal(backbone[name], resumed[name]) for name in backbone)
 

@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+import cinn.flow_training as flow_training
 from cinn.colorizer import Colorizer
 from cinn.config import ConfigError, load_config
 from cinn.images import list_images
@@ -152,7 +153,7 @@ def test_a_stop_signal_mid_step_saves_a_checkpoint_that_resumes_exactly(tmp_path
 
 
 def test_non_finite_step_is_skipped_and_counted(tmp_path, photo_folder, monkeypatch):
-    real_loss, calls = train_pipeline.map_loss, []
+    real_loss, calls = flow_training.map_loss, []
 
     def nan_on_second_call(*args, **kwargs):
         loss = real_loss(*args, **kwargs)
@@ -161,7 +162,7 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path, photo_folder, monkeypa
             loss.total = loss.total * float("nan")
         return loss
 
-    monkeypatch.setattr(train_pipeline, "map_loss", nan_on_second_call)
+    monkeypatch.setattr(flow_training, "map_loss", nan_on_second_call)
     run = tmp_path / "nan"
     assert run_train("--data", str(photo_folder), "--out", str(run)) == 0
     log = [entry for entry in read_log(run) if "train/skipped_steps" in entry]
@@ -171,14 +172,14 @@ def test_non_finite_step_is_skipped_and_counted(tmp_path, photo_folder, monkeypa
 
 
 def test_many_non_finite_steps_stop_the_run(tmp_path, photo_folder, monkeypatch, capsys):
-    real_loss = train_pipeline.map_loss
+    real_loss = flow_training.map_loss
 
     def always_nan(*args, **kwargs):
         loss = real_loss(*args, **kwargs)
         loss.total = loss.total * float("nan")
         return loss
 
-    monkeypatch.setattr(train_pipeline, "map_loss", always_nan)
+    monkeypatch.setattr(flow_training, "map_loss", always_nan)
     code = run_train("--data", str(photo_folder), "--out", str(tmp_path / "x"), "--set", "train.max_bad_steps=3")
     assert code == 2
     assert "3 non-finite steps in a row" in capsys.readouterr().err
