@@ -72,7 +72,8 @@ def stages(model: Colorizer, path: Path, module, baseline: bool, level: int) -> 
     device = torch.device("cpu")
     prepared, seconds["working-size Lab + full-res L"] = timed(module.prepare_photo, rgb, 64, model.input_multiple,
                                                                device)  # fmt: skip
-    full_lightness, lightness, ab_truth, alpha, _ = prepared
+    # The baseline commit's prepare_photo returned (full L, L, ab, alpha, has colour).
+    full_lightness, lightness, alpha = (prepared[0], prepared[1], prepared[3] if baseline else prepared[2])
     with torch.no_grad():
         conditions, seconds["conditioning net"] = timed(model.conditions, lightness)
         zs = [torch.randn(8, *shape) * model.config.temperature for shape in model.latent_shapes(lightness)]

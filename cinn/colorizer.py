@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from PIL import Image
 from safetensors import SafetensorError, safe_open
@@ -43,7 +42,7 @@ class Colorizer(nn.Module):
     def __init__(self, config: ModelConfig, conditioning_net: ConditioningNet | None = None):
         super().__init__()
         self.config = config
-        first_stride = config.lightness_size // config.ab_size
+        first_stride = config.lightness_per_ab
         if conditioning_net is None:
             conditioning_net = conditioning_net_for(config)
         expected = tuple(first_stride * 2**level for level in range(config.flow.num_levels))
@@ -124,7 +123,7 @@ class Colorizer(nn.Module):
 
     def latent_shapes(self, lightness: torch.Tensor) -> list[tuple[int, int, int]]:
         """Per-level latent (C, H, W) for the ab that goes with lightness (B, 1, Hl, Wl)."""
-        height, width = (side * self.config.ab_size // self.config.lightness_size for side in lightness.shape[2:])
+        height, width = (side // self.config.lightness_per_ab for side in lightness.shape[2:])
         return self.flow.latent_shapes(height, width)
 
     def sampling_temperature(self, temperature: float | None) -> float:
@@ -137,7 +136,7 @@ class Colorizer(nn.Module):
     @property
     def input_multiple(self) -> int:
         """Lightness sides must be multiples of this, for the conditioning net and the flow's levels."""
-        first_stride = self.config.lightness_size // self.config.ab_size
+        first_stride = self.config.lightness_per_ab
         return math.lcm(self.conditioning_net.input_multiple, first_stride * 2 ** (self.config.flow.num_levels - 1))
 
     @torch.no_grad()
@@ -180,15 +179,14 @@ class Colorizer(nn.Module):
             temperature = self.sampling_temperature(temperature)
         except ValueError as error:
             raise UsageError(str(error)) from None
-        full_lightness, lightness, ab_truth, alpha, has_colour = prepare_photo(image, side, self.input_multiple, device)
+        full_lightness, lightness, alpha, _, ab_truth = prepare_photo(
+            image, side, self.input_multiple, device, self.config.lightness_per_ab
+        )
         num_samples = 1 if temperature == 0 else num_samples
         ab, bits = self.sample_with_likelihood(lightness, num_samples, temperature, generator)
         if not bool(torch.isfinite(ab).all()):
             raise RuntimeError("the model produced non-finite colours; its weights or settings are broken")
-        original = None
-        if has_colour:
-            ab_truth = F.interpolate(ab_truth, size=ab.shape[-2:], mode="area")
-            original = self.nll(lightness, ab_truth).item()
+        original = None if ab_truth is None else self.nll(lightness, ab_truth).item()
         images = recombine(ab[0], full_lightness, alpha)
         return Colorization(images, bits[0].tolist(), original, ab[0])
 
@@ -216,7 +214,7 @@ class Colorizer(nn.Module):
         temperature = self.sampling_temperature(temperature)
         if temperature == 0:
             raise ValueError("a latent path needs a temperature above 0: at 0 every sample is the same")
-        full_lightness, lightness, _, alpha, _ = prepare_photo(
+        full_lightness, lightness, alpha, _, _ = prepare_photo(
             image, working_side or self.config.lightness_size, self.input_multiple, device
         )
         shapes = self.latent_shapes(lightness)
@@ -341,6 +339,6 @@ def conditioning_net_for(config: ModelConfig) -> ConditioningNet:
     return build_conditioning_net(
         config.conditioning_net,
         num_levels=config.flow.num_levels,
-        first_stride=config.lightness_size // config.ab_size,
+        first_stride=config.lightness_per_ab,
         **config.conditioning_kwargs,
     )

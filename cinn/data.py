@@ -26,7 +26,7 @@ from torchvision.transforms import RandomResizedCrop
 
 from cinn.color import rgb_to_normalized_lab
 from cinn.errors import DataError
-from cinn.images import DEFAULT_GRAYSCALE_THRESHOLD, ImageLoadError, is_grayscale_photo, load_rgb
+from cinn.images import DEFAULT_GRAYSCALE_THRESHOLD, ImageLoadError, is_grayscale_photo, load_rgb, reduce_rgb
 
 # Aspect ratios RandomResizedCrop may draw; the decode size below relies on the narrowest one.
 _CROP_RATIOS = (3.0 / 4.0, 4.0 / 3.0)
@@ -221,15 +221,11 @@ class PhotoPairs:
             side = min(image.size)
             left, top, height, width = (image.width - side) // 2, (image.height - side) // 2, side, side
             flip = False
-        box = (left, top, left + width, top + height)
-        resized = []
-        for size in (self.config.lightness_size, self.config.ab_size):
-            # PIL's resize with a box filters over the whole source footprint (antialiased).
-            crop = image.resize((size, size), Image.Resampling.BICUBIC, box=box)
-            if flip:
-                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            resized.append(TF.pil_to_tensor(crop).float().div_(255.0))
-        return resized[0], resized[1]
+        crop = TF.pil_to_tensor(image.crop((left, top, left + width, top + height))).float().div_(255.0)[None]
+        if flip:
+            crop = crop.flip(-1)
+        sizes = (self.config.lightness_size, self.config.ab_size)
+        return tuple(reduce_rgb(crop, (size, size))[0] for size in sizes)
 
 
 def _thumbnail(image: Image.Image) -> torch.Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from cinn.errors import DataError, UserError
@@ -141,6 +142,13 @@ def _grey_to_8bit(image: Image.Image) -> Image.Image:
         full_scale = next((scale for scale in (1.0, 255.0, 65535.0) if peak <= scale), peak)
     scaled = np.clip((values - low) / full_scale * 255.0, 0.0, 255.0)
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
+
+
+def reduce_rgb(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The one reduction of a photo to a model's sizes, in training and in colorizing alike: float sRGB
+    (B, 3, H, W) in [0, 1] -> (B, 3, *size), antialiased bicubic (every source pixel counts), clamped
+    back into [0, 1]. Lightness condition and ab target are each reduced from the photo by it."""
+    return F.interpolate(rgb, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
 
 
 def colourfulness(rgb: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from cinn.color import (
     rgb_to_lab,
 )
 from cinn.gamut import gamut_scale
-from cinn.images import colourfulness, is_grayscale_photo, rgb_and_alpha
+from cinn.images import is_grayscale_photo, reduce_rgb, rgb_and_alpha
 from cinn.upsample import apply_guided_rows, bilinear_weights, guided_coefficients
 
 STRIP_PIXELS = 1 << 18  # pixels per strip of recombination: a few MB of float32 per intermediate
@@ -77,17 +77,23 @@ def interpolate_latents(z_start: list[torch.Tensor], z_end: list[torch.Tensor], 
     return frames
 
 
-def prepare_photo(image: Image.Image, short_side: int, multiple: int, device: torch.device):
-    """Returns the full-resolution lightness, the working-size lightness and ab, alpha, has-colour."""
+def prepare_photo(
+    image: Image.Image, short_side: int, multiple: int, device: torch.device, ab_factor: int | None = None
+):
+    """Returns the full-resolution lightness, the working-size lightness, alpha, whether the photo has
+    colour, and (with ``ab_factor``, for a photo with colour) its own ab at the working size divided by
+    ``ab_factor``, the flow's size: each reduced from the photo as training reduces its photos."""
     rgb, alpha, has_colour = pil_to_tensor(image)
     rgb = rgb.to(device)
     size = working_size(rgb.shape[2], rgb.shape[3], short_side, multiple)
-    small = F.interpolate(rgb, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
-    small_lab = rgb_to_lab(small)
+    lightness = normalize_lightness(rgb_to_lab(reduce_rgb(rgb, size))[:, :1])
+    ab = None
+    if ab_factor is not None and has_colour:
+        ab = normalize_ab(rgb_to_lab(reduce_rgb(rgb, (size[0] // ab_factor, size[1] // ab_factor)))[:, 1:])
     # Lab of the whole photo a strip at a time: its intermediates are several times the photo's size.
     strips = rgb.split(strip_rows(rgb.shape[3]), dim=2)
     full_lightness = normalize_lightness(torch.cat([rgb_to_lab(strip)[:, :1] for strip in strips], dim=2))
-    return full_lightness, normalize_lightness(small_lab[:, :1]), normalize_ab(small_lab[:, 1:]), alpha, has_colour
+    return full_lightness, lightness, alpha, has_colour, ab
 
 
 def strip_rows(width: int) -> int:
@@ -148,6 +154,3 @@ def recombine(ab: torch.Tensor, full_lightness: torch.Tensor, alpha: Image.Image
             image.putalpha(alpha)
         images.append(image)
     return images
-
-
-__all__ = ["Colorization", "colourfulness", "interpolate_latents", "prepare_photo", "recombine", "working_size"]

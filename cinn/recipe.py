@@ -38,6 +38,12 @@ class ModelConfig:
     flow: GlowConfig = field(default_factory=GlowConfig)
     temperature: float = at_least(0.7, 0)
 
+    @property
+    def lightness_per_ab(self) -> int:
+        """Lightness pixels per ab pixel along a side (2 for lightness 64, ab 32): the flow's ab for a
+        lightness of (H, W) is (H, W) divided by it, and the conditioning net's first stride."""
+        return self.lightness_size // self.ab_size
+
     def __post_init__(self) -> None:
         if self.lightness_size % self.ab_size:
             raise ValueError(f"lightness_size {self.lightness_size} must be a multiple of ab_size {self.ab_size}")

@@ -54,6 +54,25 @@ def conv_block(
     )
 
 
+def level_channels(width: int, max_width: int, num_levels: int) -> tuple[int, ...]:
+    """Channels of each level's map: ``width`` doubling per level, capped at ``max_width``."""
+    return tuple(min(width * 2**level, max_width) for level in range(num_levels))
+
+
+def encoder_levels(in_channels: int, channels: tuple[int, ...], first_stride: int, blocks: int) -> nn.ModuleList:
+    """One ``nn.Sequential`` of conv blocks per level: the finest level downsamples by ``first_stride``
+    (stride-2 blocks), every other level by 2, each then ``blocks`` blocks at its resolution."""
+    levels, previous = nn.ModuleList(), in_channels
+    for level, width in enumerate(channels):
+        downsamplings = int(math.log2(first_stride)) if level == 0 else 1
+        layers = []
+        for index in range(downsamplings + blocks):
+            layers.append(conv_block(previous, width, stride=2 if index < downsamplings else 1))
+            previous = width
+        levels.append(nn.Sequential(*layers))
+    return levels
+
+
 class GlobalFeatures(nn.Module):
     """Image-level feature vector: spatial mean of a feature map, then Linear + ReLU.
 

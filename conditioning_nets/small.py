@@ -9,11 +9,15 @@ backward; ``width=32`` triples that, ``blocks_per_level=1`` saves about a third.
 
 from __future__ import annotations
 
-import math
-
 import torch
-from cinn.conditioning_nets.base import ConditioningNet, GlobalFeatures, conv_block, level_strides
-from torch import nn
+from cinn.conditioning_nets.base import (
+    ConditioningNet,
+    GlobalFeatures,
+    conv_block,
+    encoder_levels,
+    level_channels,
+    level_strides,
+)
 
 
 class SmallConditioningNet(ConditioningNet):
@@ -39,20 +43,10 @@ class SmallConditioningNet(ConditioningNet):
     ) -> None:
         super().__init__()
         self.strides = level_strides(first_stride, num_levels)
-        self.out_channels = tuple(min(width * 2**level, max_width) for level in range(num_levels))
+        self.out_channels = level_channels(width, max_width, num_levels)
         self.global_channels = global_channels
         self.stem = conv_block(1, width)
-        self.levels = nn.ModuleList()
-        previous_channels = width
-        for level, channels in enumerate(self.out_channels):
-            # The finest level downsamples from full resolution to first_stride; the others by 2.
-            num_downsamplings = int(math.log2(first_stride)) if level == 0 else 1
-            layers = []
-            for index in range(num_downsamplings + blocks_per_level):
-                stride = 2 if index < num_downsamplings else 1
-                layers.append(conv_block(previous_channels, channels, stride=stride))
-                previous_channels = channels
-            self.levels.append(nn.Sequential(*layers))
+        self.levels = encoder_levels(width, self.out_channels, first_stride, blocks_per_level)
         self.global_features = GlobalFeatures(self.out_channels[-1], global_channels) if global_channels > 0 else None
 
     def extract(self, lightness: torch.Tensor) -> list[torch.Tensor]:

@@ -13,11 +13,16 @@ al. 2015). Level ``k``'s condition is the decoder's map at that level.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
-from cinn.conditioning_nets.base import ConditioningNet, GlobalFeatures, conv_block, level_strides
+from cinn.conditioning_nets.base import (
+    ConditioningNet,
+    GlobalFeatures,
+    conv_block,
+    encoder_levels,
+    level_channels,
+    level_strides,
+)
 from torch import nn
 
 
@@ -45,18 +50,10 @@ class UNetConditioningNet(ConditioningNet):
     ) -> None:
         super().__init__()
         self.strides = level_strides(first_stride, num_levels)
-        self.out_channels = tuple(min(width * 2**level, max_width) for level in range(num_levels))
+        self.out_channels = level_channels(width, max_width, num_levels)
         self.global_channels = global_channels
         self.stem = conv_block(1, width)
-        self.encoder = nn.ModuleList()
-        previous = width
-        for level, channels in enumerate(self.out_channels):
-            num_downsamplings = int(math.log2(first_stride)) if level == 0 else 1
-            layers = []
-            for index in range(num_downsamplings + blocks_per_level):
-                layers.append(conv_block(previous, channels, stride=2 if index < num_downsamplings else 1))
-                previous = channels
-            self.encoder.append(nn.Sequential(*layers))
+        self.encoder = encoder_levels(width, self.out_channels, first_stride, blocks_per_level)
         coarsest = self.out_channels[-1]
         self.context = nn.Linear(coarsest, coarsest)
         self.fuse = conv_block(coarsest, coarsest)

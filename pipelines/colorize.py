@@ -77,6 +77,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"short side of the lightness the model sees, up to {MAX_WORKING_SIDE} (default: its training size)",
     )
+    add_limit_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.interpolate < 0 or args.interpolate == 1:
+        parser.error("--interpolate must be 0 or >= 2")
+    try:
+        args.limits = PhotoLimits(args.max_megapixels, args.max_aspect_ratio, args.max_samples)
+        args.limits.check_samples(args.n)
+    except UsageError as error:
+        parser.error(str(error))
+    return args
+
+
+def add_limit_arguments(parser: argparse.ArgumentParser) -> None:
+    """--max-megapixels, --max-aspect-ratio and --max-samples: what a run will serve (``PhotoLimits``)."""
     defaults = PhotoLimits()
     parser.add_argument(
         "--max-megapixels",
@@ -92,15 +106,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--max-samples", type=int, default=defaults.max_samples,
                         help=f"largest --n (default {defaults.max_samples})")  # fmt: skip
-    args = parser.parse_args(argv)
-    if args.interpolate < 0 or args.interpolate == 1:
-        parser.error("--interpolate must be 0 or >= 2")
-    try:
-        args.limits = PhotoLimits(args.max_megapixels, args.max_aspect_ratio, args.max_samples)
-        args.limits.check_samples(args.n)
-    except UsageError as error:
-        parser.error(str(error))
-    return args
 
 
 def finite_non_negative(text: str) -> float:

@@ -199,13 +199,13 @@ def evaluate_photo(
     """
     device = next(model.parameters()).device
     image = load_rgb(path)
-    full_lightness, lightness, _, _, has_colour = prepare_photo(
+    full_lightness, lightness, _, has_colour, _ = prepare_photo(
         image, model.config.lightness_size, model.input_multiple, device
     )
     if not has_colour:
         warnings.warn(f"Skipping photo '{path}': it has no colour to compare with.", UserWarning, stacklevel=2)
         return None
-    ab_shape = (1, 2, *(side * model.config.ab_size // model.config.lightness_size for side in lightness.shape[2:]))
+    ab_shape = (1, 2, *(side // model.config.lightness_per_ab for side in lightness.shape[2:]))
     outputs, nll = {}, float("nan")
     for temperature, generator in zip(args.temperatures, generators, strict=True):
         result = model.colorize_photo(image, args.n, temperature, generator)

@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 from skimage.color import lab2rgb, rgb2lab
 
 from cinn import DEFAULT_MODEL, inference
 from cinn.color import lab_to_rgb
 from cinn.colorizer import BASELINE_FILE, Colorizer, load_regression_baseline
+from cinn.data import ColorizationDataset, DatasetConfig
 from cinn.errors import ReleaseError
 from cinn.gamut import gamut_scale
 from cinn.inference import fit_to_gamut, interpolate_latents, working_size
@@ -132,6 +134,22 @@ def test_sample_likelihood_equals_the_nll_of_the_sample(debug_release):
     forward_bits = model.nll(lightness.repeat_interleave(3, dim=0), ab.flatten(0, 1)).view(2, 3)
     torch.testing.assert_close(bits, forward_bits, atol=1e-4, rtol=0)
     assert bits.std() > 1e-3  # different samples, different likelihoods: the comparison means something
+
+
+@torch.no_grad()
+def test_a_photos_own_likelihood_is_that_of_the_pair_training_makes_of_it(tmp_path, debug_release):
+    # One reduction for both: colorize's likelihood of the photo's colours and the validation pair.
+    model = Colorizer.from_pretrained(debug_release)
+    y, x = np.mgrid[0:48, 0:48] / 47.0
+    pixels = np.stack([200 * x + 30, 180 * y + 40, 220 - 150 * x * y], axis=-1).astype(np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "smooth.png")
+    side = model.config.lightness_size
+    reported = model.colorize_photo(Image.open(tmp_path / "smooth.png"), 1, working_side=side).original_bits_per_dim
+    config = DatasetConfig(lightness_size=side, ab_size=model.config.ab_size)
+    pair = ColorizationDataset([tmp_path / "smooth.png"], train=False, config=config)[0]
+    assert pair["ab"].abs().max() > 0.1  # a colourful photo: the comparison means something
+    expected = model.nll(pair["lightness"][None], pair["ab"][None]).item()
+    assert reported == pytest.approx(expected, abs=1e-5)
 
 
 def test_from_pretrained_names_what_is_missing_or_damaged(tmp_path, debug_release):

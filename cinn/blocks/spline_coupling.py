@@ -78,6 +78,30 @@ def knots(unnormalised: torch.Tensor, bound: float) -> tuple[torch.Tensor, torch
     return positions, positions[..., 1:] - positions[..., :-1]
 
 
+def position_in_bin(
+    rise: torch.Tensor, height: torch.Tensor, secant: torch.Tensor, slope_low: torch.Tensor, curvature: torch.Tensor
+) -> torch.Tensor:
+    """The relative position xi in [0, 1] at which a bin's forward map rises ``rise`` above its lower
+    knot: the forward formula solved for xi is a xi^2 + b xi + c = 0 (Durkan et al. 2019, appendix A),
+    its root written as 2c / (-b - sqrt(.)), which does not cancel when a is near 0."""
+    a = height * (secant - slope_low) + rise * curvature
+    b = height * slope_low - rise * curvature
+    c = -secant * rise
+    discriminant = (b.square() - 4.0 * a * c).clamp_min(0.0)
+    return 2.0 * c / (-b - discriminant.sqrt())
+
+
+def log_bin_slope(
+    xi: torch.Tensor, secant: torch.Tensor, slope_low: torch.Tensor, slope_high: torch.Tensor, curvature: torch.Tensor
+) -> torch.Tensor:
+    """log of the forward map's derivative at relative position ``xi`` of its bin (Durkan et al., eq. 5)."""
+    denominator = secant + curvature * xi * (1.0 - xi)
+    derivative = secant.square() * (
+        slope_high * xi.square() + 2.0 * secant * xi * (1.0 - xi) + slope_low * (1.0 - xi).square()
+    )
+    return derivative.log() - 2.0 * denominator.log()
+
+
 def rational_quadratic_spline(
     x: torch.Tensor,
     widths: torch.Tensor,
@@ -118,25 +142,14 @@ def rational_quadratic_spline(
     secant = height / width
     curvature = slope_low + slope_high - 2.0 * secant
     if inverse:
-        # The forward formula solved for xi is a xi^2 + b xi + c = 0 (Durkan et al. 2019, appendix A);
-        # its root in [0, 1] written as 2c / (-b - sqrt(.)), which does not cancel when a is near 0.
-        rise = value - y_low
-        a = height * (secant - slope_low) + rise * curvature
-        b = height * slope_low - rise * curvature
-        c = -secant * rise
-        discriminant = (b.square() - 4.0 * a * c).clamp_min(0.0)
-        xi = 2.0 * c / (-b - discriminant.sqrt())
+        xi = position_in_bin(value - y_low, height, secant, slope_low, curvature)
         mapped = x_low + xi * width
     else:
         xi = (value - x_low) / width
         mapped = y_low + height * (secant * xi.square() + slope_low * xi * (1.0 - xi)) / (
             secant + curvature * xi * (1.0 - xi)
         )
-    denominator = secant + curvature * xi * (1.0 - xi)
-    derivative = secant.square() * (
-        slope_high * xi.square() + 2.0 * secant * xi * (1.0 - xi) + slope_low * (1.0 - xi).square()
-    )
-    log_slope = derivative.log() - 2.0 * denominator.log()
+    log_slope = log_bin_slope(xi, secant, slope_low, slope_high, curvature)
     if inverse:
         log_slope = -log_slope
     return torch.where(inside, mapped, x), torch.where(inside, log_slope, torch.zeros_like(log_slope))
