@@ -1,8 +1,10 @@
 """The README's picture of the default model: for each photo, its gray input, the truth, then samples.
 
 Example (the README's grid: one test photo per category, never trained on):
-    python docs/make_model_grid.py --data photos/kit/test --out docs/default_model_grid.jpg \\
-        --photos kphotoalbum__jesper.jpg gimp__duck_orig.png ...
+    python docs/make_model_grid.py --data photos/kit/test --out docs/default_model_grid.jpg --n 6 --photos \\
+        kphotoalbum__jesper.jpg hugin__800px-C_Marchi-GrandCentral-adj.jpg gimp__taj_orig.png \\
+        gimp__apple-orchard-truck-from-camera.jpg gimp__duck_orig.png gimp__kvitveis-orig.png \\
+        kphotoalbum__skagen.jpg qtwebengine5__pizza.jpg
 """
 
 from __future__ import annotations
