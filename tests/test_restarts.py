@@ -91,7 +91,9 @@ def test_a_two_node_launch_finishes_with_identical_weights_on_both_ranks(uninter
 
 @pytest.mark.skipif(
     os.environ.get("CINN_RESTART_TEST", "") in ("", "0"),
-    reason="flaky: hung once in the full suite after the restart (passes alone in ~30 s); set CINN_RESTART_TEST=1",
+    reason="flaky, cause not found: on an idle machine most runs fail after the restart (both agents end "
+    "with torch elastic's 'RendezvousConnectionError: The connection to the C10d store has failed', or "
+    "a timeout), some pass; set CINN_RESTART_TEST=1",
 )
 def test_a_worker_killed_mid_run_restarts_from_the_checkpoint_and_ends_with_the_same_weights(
     tmp_path, photo_folder, uninterrupted
