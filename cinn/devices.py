@@ -14,4 +14,7 @@ def resolve_device(name: str | torch.device) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device '{name}': use cpu, cuda, cuda:N or auto") from None

@@ -58,7 +58,7 @@ def prepare_run(
     """
     out: Path = args.out
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main and (args.resume or out.is_dir()):
+    if is_main and out.is_dir():  # a missing run to --resume is the clear error below
         lock_run(out)
     if args.resume:
         if args.config is not None:

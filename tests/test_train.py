@@ -266,3 +266,12 @@ def test_validation_photos_inside_the_data_folder_are_not_trained_on(tmp_path, p
     train = set(list_images(run / "train.txt"))
     val = set(list_images(run / "val.txt"))
     assert len(val) == 4 and not train & val and len(train) == len(list_images(photo_folder))
+
+
+def test_a_missing_run_or_an_unknown_device_is_one_sentence(tmp_path, photo_folder, capsys):
+    assert train_pipeline.main(["--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    args = ["--config", DEBUG, "--data", str(photo_folder), "--out", str(tmp_path / "run"), "--device", "tpu"]
+    assert train_pipeline.main(args) != 0
+    assert "unknown device 'tpu'" in capsys.readouterr().err
