@@ -46,8 +46,33 @@ def init_distributed(device_name: str) -> tuple[ProcessGroup, torch.device]:
     if device.type == "cuda":
         device = torch.device("cuda", group.local_rank)
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    store = launch_store(group.world_size)
+    if store is None:
+        dist.init_process_group(backend)
+    else:
+        dist.init_process_group(backend, store=store, rank=group.rank, world_size=group.world_size)
     return group, device
+
+
+def launch_store(world_size: int) -> dist.Store | None:
+    """The rendezvous store of this launch of the workers, when torchrun's agent hosts one for all launches.
+
+    Under ``torchrun`` the agent serves the workers' store (``TORCHELASTIC_USE_AGENT_STORE``) and keeps
+    it across ``--max-restarts`` restarts, without clearing it: the restarted workers found the
+    addresses the killed ones had published there and failed to connect to them ("Gloo connectFullMesh
+    failed ... Connection refused"), in about one run in six of ``tests/test_restarts.py``. Each launch
+    therefore gets its own key space: every worker counts itself in once, and the workers of a launch
+    all get the same count divided by the world size (only one launch's workers are alive at a time:
+    the agents stop all of them before the next rendezvous; one count per world size, as an elastic
+    job's may change between launches). None when torchrun's agent does not serve the store
+    (``init_process_group``'s env:// rendezvous then starts a fresh store on rank 0 each launch).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    shared = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False)
+    launch = (shared.add(f"cinn/workers_started/{world_size}", 1) - 1) // world_size
+    return dist.PrefixStore(f"cinn/launch/{world_size}/{launch}/", shared)
 
 
 class ResumableSampler(Sampler):
