@@ -189,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         for name, python_path, script in (("baseline", tree, tree / "pipelines" / "colorize.py"),
                                           ("current", None, ROOT / "pipelines" / "colorize.py")):  # fmt: skip
             seconds = command_seconds(python_path, script, [str(scratch / "folder")], scratch / f"folder_{name}")
-            results["folder"][name] = {"seconds": seconds, "per_photo": seconds / len(folder)}
+            # The same program on the folder's first photo alone: the difference is the other photos' time,
+            # start-up (imports, model) excluded.
+            one = command_seconds(python_path, script, [folder[0]], scratch / f"folder_one_{name}")
+            results["folder"][name] = {"seconds": seconds, "per_photo": seconds / len(folder), "one_photo": one,
+                                       "per_photo_after_start_up": (seconds - one) / (len(folder) - 1)}  # fmt: skip
         same = [np.array_equal(np.asarray(Image.open(scratch / "out_old" / f"photo_{kind}.png")),
                                np.asarray(Image.open(scratch / "out_new" / f"photo_{kind}.png")))
                 for kind in [f"color_{index:02d}" for index in range(1, 9)]]  # fmt: skip

@@ -148,6 +148,7 @@ class Colorizer(nn.Module):
         generator: torch.Generator | None = None,
         working_side: int | None = None,
         limits: PhotoLimits | None = None,
+        own_likelihood: bool = True,
     ) -> Colorization:
         """Colorizes a photo at its full resolution, with each sample's likelihood.
 
@@ -160,6 +161,8 @@ class Colorizer(nn.Module):
         Args:
             image: a PIL image of any mode, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
             limits: largest photo and number of samples served (``PhotoLimits()`` if None).
+            own_likelihood: for a colour photo, also the likelihood of its own colours
+                (``original_bits_per_dim``; one more pass of the flow).
 
         Raises:
             UsageError: a photo, number of samples, temperature or working side beyond what is served.
@@ -180,7 +183,7 @@ class Colorizer(nn.Module):
         except ValueError as error:
             raise UsageError(str(error)) from None
         full_lightness, lightness, alpha, _, ab_truth = prepare_photo(
-            image, side, self.input_multiple, device, self.config.lightness_per_ab
+            image, side, self.input_multiple, device, self.config.lightness_per_ab if own_likelihood else None
         )
         num_samples = 1 if temperature == 0 else num_samples
         ab, bits = self.sample_with_likelihood(lightness, num_samples, temperature, generator)

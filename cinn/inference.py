@@ -116,22 +116,58 @@ def in_srgb_gamut(rgb: torch.Tensor, tolerance: float = 1e-4) -> torch.Tensor:
     return ((rgb >= -tolerance) & (rgb <= 1 + tolerance)).all(dim=0)
 
 
-def lab_to_srgb_bytes(lab: torch.Tensor) -> torch.Tensor:
-    """Lab (3, H, W) -> sRGB (H, W, 3) uint8, out-of-gamut colours fitted at constant L and hue."""
-    rgb = linear_to_srgb(lab_to_linear_rgb(lab))
-    outside = ~in_srgb_gamut(rgb)
-    if bool(outside.any()):
-        colours = lab[:, outside]
+def srgb_bytes(rgb: torch.Tensor) -> torch.Tensor:
+    """Unclipped sRGB (3, ...) -> uint8 (..., 3): clamped into [0, 1] and rounded."""
+    return rgb.clamp(0, 1).mul(255).round().to(torch.uint8).movedim(0, -1)
+
+
+class GamutFit:
+    """The out-of-gamut colours of many strips of rows, fitted into the sRGB gamut together.
+
+    ``gamut_scale`` costs mostly per call (a few dozen small tensor operations per round and piece),
+    and a strip holds a few thousand such colours: fitting each strip's alone was half of the time of
+    recombining a photo's samples. The colours wait here, with where they go, until ``FIT_BATCH`` of
+    them are collected or the images are done; the images hold their clamped bytes until then.
+
+    Args:
+        images: the (H, W, 3) uint8 arrays the fitted colours are written into.
+    """
+
+    FIT_BATCH = 1 << 20  # colours per fit: ~50 MB of float64 intermediates at most
+
+    def __init__(self, images: list[np.ndarray]):
+        self.images = images
+        self.waiting: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.count = 0
+
+    def add(self, image: int, top: int, lab: torch.Tensor, outside: torch.Tensor) -> None:
+        """The colours of ``lab`` (3, S, W), a strip starting at row ``top``, where ``outside`` (S, W)."""
+        rows, columns = torch.nonzero(outside, as_tuple=True)
+        self.waiting.append((image, rows + top, columns, lab[:, rows, columns]))
+        self.count += len(rows)
+        if self.count >= self.FIT_BATCH:
+            self.finish()
+
+    def finish(self) -> None:
+        """Fits the waiting colours at constant L and hue and writes their bytes into the images."""
+        if not self.waiting:
+            return
+        colours = torch.cat([colours for *_, colours in self.waiting], dim=1)
         colours[1:] *= gamut_scale(colours)
-        rgb[:, outside] = linear_to_srgb(lab_to_linear_rgb(colours[:, :, None]))[:, :, 0]
-    return rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0)
+        fitted = srgb_bytes(linear_to_srgb(lab_to_linear_rgb(colours[:, :, None]))[:, :, 0]).cpu().numpy()
+        start = 0
+        for image, rows, columns, _ in self.waiting:
+            self.images[image][rows.cpu().numpy(), columns.cpu().numpy()] = fitted[start : start + len(rows)]
+            start += len(rows)
+        self.waiting, self.count = [], 0
 
 
 def recombine(ab: torch.Tensor, full_lightness: torch.Tensor, alpha: Image.Image | None) -> list[Image.Image]:
     """Samples ab (N, 2, h, w) + the photo's own lightness (1, 1, H, W) -> N full-size PIL images.
 
-    Each image is made a strip of rows at a time (guided upsampling, Lab to sRGB, gamut), so memory
-    beyond the images themselves stays about the same for a photo of any size.
+    Each image is made a strip of rows at a time (guided upsampling, Lab to sRGB), so memory beyond
+    the images themselves stays about the same for a photo of any size; the colours outside the sRGB
+    gamut are then fitted into it at constant L and hue, all of them together (``GamutFit``).
     """
     height, width = full_lightness.shape[2:]
     if tuple(ab.shape[2:]) == (height, width):  # nothing to upsample: ab = 0 * lightness + ab
@@ -141,15 +177,23 @@ def recombine(ab: torch.Tensor, full_lightness: torch.Tensor, alpha: Image.Image
         slope, offset = guided_coefficients(ab, guide)
     rows = bilinear_weights(height, ab.shape[2], ab.device)
     columns = bilinear_weights(width, ab.shape[3], ab.device).T
-    step, images = strip_rows(width), []
-    for sample_slope, sample_offset in zip(slope, offset, strict=True):
-        pixels = np.empty((height, width, 3), dtype=np.uint8)
+    step = strip_rows(width)
+    pixels = [np.empty((height, width, 3), dtype=np.uint8) for _ in range(len(ab))]
+    gamut = GamutFit(pixels)
+    for index, (sample_slope, sample_offset) in enumerate(zip(slope, offset, strict=True)):
         for top in range(0, height, step):
             lightness = full_lightness[0, 0, top : top + step]
             ab_rows = apply_guided_rows(sample_slope, sample_offset, lightness, rows[top : top + step], columns)
             lab = torch.cat([denormalize_lightness(lightness)[None], denormalize_ab(ab_rows)])
-            pixels[top : top + step] = lab_to_srgb_bytes(lab).cpu().numpy()
-        image = Image.fromarray(pixels)
+            rgb = linear_to_srgb(lab_to_linear_rgb(lab))
+            pixels[index][top : top + step] = srgb_bytes(rgb).cpu().numpy()
+            outside = ~in_srgb_gamut(rgb)
+            if bool(outside.any()):
+                gamut.add(index, top, lab, outside)
+    gamut.finish()
+    images = []
+    for array in pixels:
+        image = Image.fromarray(array)
         if alpha is not None:
             image.putalpha(alpha)
         images.append(image)

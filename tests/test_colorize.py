@@ -346,3 +346,22 @@ def test_the_python_api_checks_what_it_is_given(debug_release):
     assert signed.mode == "F"
     lightness_range = np.ptp(lightness(model.colorize(signed, num_samples=1, temperature=0)[0]))
     assert lightness_range > 90, lightness_range
+
+
+def test_a_folder_colorized_photos_at_a_time_gives_each_photo_its_own_results(tmp_path, debug_release, monkeypatch):
+    """Photos of a folder are colorized on several threads at once, each with its share of torch's
+    threads: each photo's files are those it gets alone (up to one 8-bit level: a different number of
+    threads sums in another order), and torch's thread count is set back afterwards."""
+    for index in range(3):
+        save_photo(tmp_path / "in" / f"photo_{index}.png", seed=index)
+    monkeypatch.setattr(colorize_pipeline, "photo_workers", lambda count: min(count, 2))
+    threads = torch.get_num_threads()
+    assert run(debug_release, tmp_path / "in", "--n", "2", "--seed", "3", "--out", tmp_path / "folder") == 0
+    assert torch.get_num_threads() == threads
+    for index in range(3):
+        photo = tmp_path / "in" / f"photo_{index}.png"
+        assert run(debug_release, photo, "--n", "2", "--seed", "3", "--out", tmp_path / f"alone_{index}") == 0
+        for name in (f"photo_{index}_color_01.png", f"photo_{index}_color_02.png"):
+            together = np.asarray(Image.open(tmp_path / "folder" / name), dtype=int)
+            alone = np.asarray(Image.open(tmp_path / f"alone_{index}" / name), dtype=int)
+            assert np.abs(together - alone).max() <= 1, name

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from skimage.color import lab2rgb, rgb2lab
 
 from cinn import DEFAULT_MODEL, inference
-from cinn.color import lab_to_rgb
+from cinn.color import lab_to_linear_rgb, lab_to_rgb, linear_to_srgb
 from cinn.colorizer import BASELINE_FILE, Colorizer, load_regression_baseline
 from cinn.data import ColorizationDataset, DatasetConfig
 from cinn.errors import ReleaseError
@@ -304,3 +304,19 @@ def test_recombination_in_strips_is_the_whole_image_guided_and_converted_by_scik
         assert image.shape == (75, 101, 3) and image.dtype == np.uint8
         assert np.abs(image - expected * 255).max() < 0.51  # the same colours, rounded to bytes
         assert np.abs(rgb2lab(image)[..., 0] - lab[0].numpy()).max() < 0.6  # the photo's L, up to the rounding
+
+
+def test_out_of_gamut_colours_fitted_in_batches_of_any_size_give_the_same_images(monkeypatch):
+    """``GamutFit`` fits the colours of all strips and samples together; flushed every few colours
+    (here 7), the images are byte for byte the same."""
+    generator = torch.Generator().manual_seed(3)
+    lightness = torch.rand(1, 1, 40, 52, generator=generator) * 2 - 1
+    ab = torch.randn(3, 2, 10, 13, generator=generator) * 0.6  # saturated: many colours outside sRGB
+    monkeypatch.setattr(inference, "STRIP_PIXELS", 9 * 52)
+    together = [np.asarray(image) for image in inference.recombine(ab, lightness, None)]
+    monkeypatch.setattr(inference.GamutFit, "FIT_BATCH", 7)
+    batched = [np.asarray(image) for image in inference.recombine(ab, lightness, None)]
+    for first, second in zip(together, batched, strict=True):
+        np.testing.assert_array_equal(first, second)
+    colours = torch.cat([(lightness + 1) * 50, guided_upsample(ab[:1], lightness) * 110], dim=1)[0]
+    assert not inference.in_srgb_gamut(linear_to_srgb(lab_to_linear_rgb(colours))).all()  # the fit had work to do
