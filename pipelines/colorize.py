@@ -18,7 +18,6 @@ import math
 import os
 import sys
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
@@ -224,9 +223,9 @@ def with_alpha(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
     return image
 
 
-def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> Callable[[], None]:
-    """Colorizes one file; returns the step that writes its files into ``args.out``. Raises
-    ImageLoadError / FileExistsError for this input (and the write step FileExistsError)."""
+def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> None:
+    """Colorizes one file and writes its files into ``args.out``. Raises ImageLoadError /
+    FileExistsError (and the PHOTO_ERRORS of the model and the writing) for this input."""
     targets = [args.out / f"{name}_color_{index:02d}.png" for index in range(1, args.n + 1)]
     if model.sampling_temperature(args.temperature) == 0:
         targets = targets[:1]
@@ -240,24 +239,18 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
     generator = torch.Generator(args.device).manual_seed(args.seed) if args.seed is not None else None
     result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side, args.limits,
                                   own_likelihood=args.likelihood)  # fmt: skip
-    path_images = None
+    pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
     if args.interpolate:
-        path_images = model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)
-
-    def write() -> None:
-        pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
-        pictures += [grid(path_images)] if path_images is not None else []
-        # All of a photo's files appear together or not at all, never half-written or mixed with another run's.
-        writers = {target: partial(picture.save, compress_level=PNG_COMPRESS_LEVEL) for target, picture in
-                   zip(targets, pictures, strict=True)}  # fmt: skip
-        publish(writers, args.overwrite)
-        if args.likelihood:
-            bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
-            original = result.original_bits_per_dim
-            original = f"; original colours {original:.3f}" if original is not None else ""
-            tqdm.write(f"{path}: bits/dim of samples {bits}{original}")
-
-    return write
+        pictures.append(grid(model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)))
+    # All of a photo's files appear together or not at all, never half-written or mixed with another run's.
+    writers = {target: partial(picture.save, compress_level=PNG_COMPRESS_LEVEL) for target, picture in
+               zip(targets, pictures, strict=True)}  # fmt: skip
+    publish(writers, args.overwrite)
+    if args.likelihood:
+        bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
+        original = result.original_bits_per_dim
+        original = f"; original colours {original:.3f}" if original is not None else ""
+        tqdm.write(f"{path}: bits/dim of samples {bits}{original}")
 
 
 def report_failure(path: Path, error: BaseException) -> None:
@@ -300,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         for path, name in zip(paths, unique_names(paths), strict=True):
             if len(in_flight) == workers:
                 failures += finish(in_flight.popleft(), progress)
-            in_flight.append((path, pool.submit(colorize_and_write, model, path, name, args)))
+            in_flight.append((path, pool.submit(colorize_one, model, path, name, args)))
         while in_flight:
             failures += finish(in_flight.popleft(), progress)
     progress.close()
@@ -323,10 +316,6 @@ def torch_threads(count: int):
         yield
     finally:
         torch.set_num_threads(before)
-
-
-def colorize_and_write(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> None:
-    colorize_one(model, path, name, args)()
 
 
 def finish(pending: tuple[Path, Future], progress: tqdm) -> int:
