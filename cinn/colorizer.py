@@ -301,7 +301,10 @@ def load_regression_baseline(directory: str | Path, config: ModelConfig, device:
         raise ReleaseError(f"'{path}' lacks the 'head_hidden_channels' metadata written by pretrain_condnet.py.")
     hidden_channels = int(json.loads(metadata["head_hidden_channels"]))
     temperature = float(json.loads(metadata.get("baseline_temperature", str(ANNEALED_MEAN_TEMPERATURE))))
-    baseline = PretrainingModel(conditioning_net_for(config), hidden_channels, prediction_temperature=temperature)
+    head_level = int(json.loads(metadata.get("head_level", "0")))  # baselines written before it: the finest
+    baseline = PretrainingModel(
+        conditioning_net_for(config), hidden_channels, prediction_temperature=temperature, output_level=head_level
+    )
     try:
         baseline.load_state_dict(tensors)
     except RuntimeError as error:

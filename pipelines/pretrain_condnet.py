@@ -31,7 +31,14 @@ from cinn.colorizer import conditioning_net_for
 from cinn.config import to_dict
 from cinn.recipe import PretrainConfig, Recipe
 from cinn.run_loop import RunLog, run_steps, save_checkpoint
-from cinn.training import load_checkpoint, resolve_device, set_rng_state, training_batches, validation_loader
+from cinn.training import (
+    load_checkpoint,
+    resolve_device,
+    set_rng_state,
+    training_batches,
+    validation_loader,
+    warmup_cosine,
+)
 
 LAST, BEST = "checkpoints/last.pt", "checkpoints/best.pt"
 
@@ -83,13 +90,15 @@ def usable_ab(loader, dataset):
             dataset.check_some_usable()
 
 
-def start_or_resume(args, recipe: Recipe, model: PretrainingModel, optimizer, train_set, device) -> Progress:
-    """The resumed state (weights, optimiser, RNG), or a fresh start with the rebalancing statistics."""
+def start_or_resume(args, recipe: Recipe, model: PretrainingModel, optimizer, scheduler, train_set, device) -> Progress:
+    """The resumed state (weights, optimiser, schedule, RNG), or a fresh start with the rebalancing statistics."""
     settings = recipe.pretrain
     if args.resume:
         checkpoint = load_checkpoint(args.out / LAST)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        if "scheduler" in checkpoint:  # checkpoints written before the schedule had none (constant)
+            scheduler.load_state_dict(checkpoint["scheduler"])
         set_rng_state(checkpoint["rng"])
         # Checkpoints written before the shared loop held only the step.
         return Progress(**checkpoint.get("progress", {"step": checkpoint.get("step", 0)}))
@@ -99,7 +108,9 @@ def start_or_resume(args, recipe: Recipe, model: PretrainingModel, optimizer, tr
     return Progress()
 
 
-def pretraining_step(model, optimizer, batch, train_set, progress: Progress, run_log: RunLog, settings, device) -> bool:
+def pretraining_step(
+    model, optimizer, scheduler, batch, train_set, progress: Progress, run_log: RunLog, settings, device
+) -> bool:
     """One Adam step on ``batch`` (False, and no step, for a batch without a usable photo)."""
     if not batch["path"]:
         train_set.check_some_usable()
@@ -109,13 +120,15 @@ def pretraining_step(model, optimizer, batch, train_set, progress: Progress, run
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+    scheduler.step()
     progress.step += 1
     progress.elapsed_seconds += time.perf_counter() - started
     run_log.stepped(len(batch["path"]))
     if progress.step % settings.log_every == 0:
         rate = run_log.images_per_second()
         run_log.bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{rate:.0f}")
-        run_log.log(progress.step, {"train/loss": loss.item(), "train/images_per_second": rate})
+        metrics = {"train/loss": loss.item(), "train/lr": scheduler.get_last_lr()[0], "train/images_per_second": rate}
+        run_log.log(progress.step, metrics)
     return True
 
 
@@ -137,6 +150,7 @@ def export(model: PretrainingModel, out: Path, settings: PretrainConfig) -> None
     metadata = {
         "head_hidden_channels": json.dumps(settings.head_hidden_channels),
         "baseline_temperature": json.dumps(settings.baseline_temperature),
+        "head_level": json.dumps(settings.head_level),
     }
     save_file({k: v.contiguous() for k, v in model.backbone.state_dict().items()}, out / "backbone.safetensors")
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "baseline.safetensors", metadata)
@@ -153,17 +167,22 @@ def main(argv: list[str] | None = None) -> int:
     val_loader = validation_loader(val_set, settings.batch_size, 0)
 
     backbone, temperature = conditioning_net_for(recipe.model), settings.baseline_temperature
-    model = PretrainingModel(backbone, settings.head_hidden_channels, prediction_temperature=temperature).to(device)
+    model = PretrainingModel(
+        backbone, settings.head_hidden_channels, prediction_temperature=temperature, output_level=settings.head_level
+    ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    progress = start_or_resume(args, recipe, model, optimizer, train_set, device)
+    cosine = settings.schedule == "cosine"
+    schedule = warmup_cosine(settings.warmup_steps, settings.steps, settings.min_lr_ratio, cosine)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    progress = start_or_resume(args, recipe, model, optimizer, scheduler, train_set, device)
     batches = training_batches(train_set, settings.batch_size, recipe.data.num_workers, settings.seed, progress.step)
     run_log = RunLog(args.out, settings.steps, progress.step)
 
     def save(path: Path) -> None:
-        save_checkpoint(path, progress, to_dict(recipe), model=model, optimizer=optimizer)
+        save_checkpoint(path, progress, to_dict(recipe), model=model, optimizer=optimizer, scheduler=scheduler)
 
     def take_step() -> None:
-        if pretraining_step(model, optimizer, next(batches), train_set, progress, run_log, settings, device):
+        if pretraining_step(model, optimizer, scheduler, next(batches), train_set, progress, run_log, settings, device):
             report(model, val_loader, progress, run_log, settings, device, save, args.out)
 
     try:

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import cinn.programs.pretrain_condnet as pretrain_pipeline
 import cinn.programs.train as train_pipeline
+import pytest
 import torch
 from safetensors.torch import load_file
 
-from cinn.colorizer import Colorizer
+from cinn.colorizer import Colorizer, load_regression_baseline
+from cinn.config import ConfigError, load_config
+from cinn.recipe import Recipe
 
 DEBUG = str(Path(__file__).resolve().parents[1] / "configs" / "debug.yaml")
 
@@ -59,3 +62,33 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path, photo_folder, caps
     assert (run / "checkpoints/last.pt").read_bytes() == before
     missing = tmp_path / "nothing"
     assert pretrain_pipeline.main(["--out", str(missing), "--resume"]) == 2
+
+
+def test_a_coarser_head_and_a_cosine_schedule_reach_the_baseline_and_survive_a_resume(tmp_path, photo_folder):
+    run = tmp_path / "pretrain"
+    settings = ["--set", "pretrain.head_level=1", "--set", "pretrain.schedule=cosine", "--set", "pretrain.steps=4"]
+    assert pretrain_pipeline.main(["--config", DEBUG, "--data", str(photo_folder), "--out", str(run), *settings]) == 0
+    rates = [entry["train/lr"] for entry in map(json.loads, (run / "log.jsonl").read_text().splitlines())
+             if "train/lr" in entry]  # fmt: skip
+    assert len(rates) == 4 and rates == sorted(rates, reverse=True) and rates[-1] < rates[0]  # decays to the end
+
+    # The release's baseline rebuilds the head at its level from the metadata (it predicts at 4x4 for ab 8x8).
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "baseline.safetensors").write_bytes((run / "baseline.safetensors").read_bytes())
+    config = load_config(Recipe, DEBUG).model
+    baseline = load_regression_baseline(release, config)
+    assert baseline.head.output_level == 1
+    lightness = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert baseline(lightness).shape[-2:] == (4, 4)
+    assert baseline.predict_ab(lightness, out_size=(8, 8)).shape == (2, 2, 8, 8)
+
+    # A resume goes on along the same schedule rather than restarting it.
+    assert pretrain_pipeline.main(["--out", str(run), "--resume", "--set", "pretrain.steps=6"]) == 0
+    checkpoint = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert checkpoint["scheduler"]["last_epoch"] == 6
+
+
+def test_a_head_level_the_flow_does_not_have_is_a_config_error():
+    with pytest.raises(ConfigError, match="pretrain.head_level must name one of the flow's 3 levels"):
+        load_config(Recipe, DEBUG, ["pretrain.head_level=3"])
