@@ -21,13 +21,12 @@ from cinn.config import ConfigError, from_dict, save_config
 from cinn.errors import ReleaseError, UsageError
 from cinn.glow import ConditionalGlow
 from cinn.inference import Colorization, interpolate_latents, prepare_photo, recombine
-from cinn.limits import PhotoLimits
+from cinn.limits import MAX_WORKING_SIDE, PhotoLimits
 from cinn.loss import bits_per_dim, negative_log_likelihood, sample_latents
 from cinn.recipe import ModelConfig
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.yaml", "model.safetensors", "README.md"
 BASELINE_FILE = "baseline.safetensors"  # optional: the pretrained net + head, a deterministic baseline
-MAX_WORKING_SIDE = 1024  # lightness short side the model may be run at; far beyond any training size
 
 
 class Colorizer(nn.Module):

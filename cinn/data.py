@@ -28,7 +28,8 @@ from torchvision.transforms import RandomResizedCrop
 
 from cinn.color import rgb_to_normalized_lab
 from cinn.errors import DataError
-from cinn.images import DEFAULT_GRAYSCALE_THRESHOLD, ImageLoadError, is_grayscale_photo, load_rgb, reduce_rgb
+from cinn.images import ImageLoadError, load_rgb
+from cinn.pixels import DEFAULT_GRAYSCALE_THRESHOLD, is_grayscale_photo, reduce_rgb
 
 # Aspect ratios RandomResizedCrop may draw; the decode size below relies on the narrowest one.
 _CROP_RATIOS = (3.0 / 4.0, 4.0 / 3.0)

@@ -1,12 +1,17 @@
 """Bringing Lab colours into the sRGB gamut at constant lightness and hue, in closed form.
 
-A colour ``(L, a, b)`` outside the gamut is replaced by ``(L, t a, t b)`` with the largest ``t`` in
-[0, 1] for which the whole segment from grey ``(L, 0, 0)`` to it lies inside: clipping RGB instead
-would change the lightness, which must stay the photo's. Along that segment each linear-RGB channel
-is ``M_k0 Xn g(fy + t a/500) + M_k1 Y + M_k2 Zn g(fy - t b/200)``, where ``g`` (the inverse of Lab's
-``f``) is a cube above the knee ``6/29`` and linear below it. Between the (at most three) values of
-``t`` where an argument crosses the knee or ``Z`` reaches 0, each channel is therefore a cubic
-polynomial in ``t``, and ``t`` is the first root of ``channel = 0`` or ``channel = 1`` (Cardano).
+A colour ``(L, a, b)`` outside the gamut is replaced by ``(L, t a, t b)``, with ``t`` in [0, 1] where
+the segment from grey ``(L, 0, 0)`` first crosses the RGB bounds the colour violates: clipping RGB
+instead would change the lightness, which must stay the photo's. The colour at ``t`` is inside the
+gamut, and so, nearly always, is the whole segment from grey to it; a segment that leaves the gamut
+through another bound and re-enters it before ``t`` (one random Lab colour in ~20,000) is kept to
+``t`` nonetheless. ``gamut_scale_bisection``, the search the ONNX graphs use, stops at the first exit.
+
+Along that segment each linear-RGB channel is ``M_k0 Xn g(fy + t a/500) + M_k1 Y + M_k2 Zn g(fy - t b/200)``,
+where ``g`` (the inverse of Lab's ``f``) is a cube above the knee ``6/29`` and linear below it.
+Between the (at most three) values of ``t`` where an argument crosses the knee or ``Z`` reaches 0,
+each channel is therefore a cubic polynomial in ``t``, and ``t`` is the first root of
+``channel = 0`` or ``channel = 1`` (Cardano).
 The sRGB transfer function is monotone with 0 -> 0 and 1 -> 1, so these bounds are the gamut's.
 """
 
@@ -150,3 +155,41 @@ def first_crossing(
     slack = 1e-9  # a root on a piece's border may come out a rounding error beyond it
     roots = torch.where((roots >= start[:, None] - slack) & (roots <= end[:, None] + slack), roots, 1.0)
     return roots.amin(dim=1).clamp(0, 1)
+
+
+def gamut_scale_bisection(lab: torch.Tensor, scan_points: int = 8, halvings: int = 20) -> torch.Tensor:
+    """``gamut_scale`` as a fixed sequence of tensor operations, for graphs without data-dependent
+    control flow (the ONNX colorizer, ``cinn.onnx``): the same ``t``, found by search.
+
+    The segment from grey is first sampled at ``scan_points`` even steps; the first step that leaves
+    the gamut brackets the exit, which ``halvings`` bisections narrow to 2^-halvings of the step
+    (1.2e-7 of the chroma for the defaults, 2e-5 Lab units at most). This is the first exit from grey:
+    where a colour's segment leaves the gamut and re-enters it (through another RGB bound than the
+    one violated at ``t = 1``), ``gamut_scale`` keeps a later point, also inside the gamut and more
+    colourful; an exit and re-entry within one step of the scan is not seen at all. Computed in
+    float64, as ``gamut_scale``: in float32 the bound tests alone move ``t`` by up to 1e-4.
+
+    Args:
+        lab: (3, N) colours, L in [0, 100].
+
+    Returns:
+        t: (N,) in [0, 1]; 1 for a colour inside the gamut.
+    """
+    lab = lab.double()
+
+    def inside(scale: torch.Tensor) -> torch.Tensor:  # (K, N) -> (K, N) bool
+        scaled = torch.stack([lab[0].expand_as(scale), lab[1] * scale, lab[2] * scale])
+        linear = lab_to_linear_rgb(scaled)
+        return ((linear >= -1e-9) & (linear <= 1 + 1e-9)).all(dim=0)
+
+    steps = torch.arange(1, scan_points + 1, dtype=lab.dtype, device=lab.device)[:, None] / scan_points
+    outside = ~inside(steps.expand(-1, lab.shape[1]))  # (scan_points, N)
+    # The first step outside (scan_points if none); the exit lies between the step before it and it.
+    first = torch.where(outside.any(dim=0), outside.to(torch.uint8).argmax(dim=0), scan_points)
+    low = first.to(lab.dtype) / scan_points
+    high = torch.clamp(low + 1.0 / scan_points, max=1.0)
+    for _ in range(halvings):
+        middle = (low + high) / 2
+        fits = inside(middle[None])[0]
+        low, high = torch.where(fits, middle, low), torch.where(fits, high, middle)
+    return torch.where(first == scan_points, torch.ones_like(low), low).float()

@@ -1,8 +1,10 @@
-"""Reading photos of any common kind as 8-bit sRGB, finding them on disk, and spotting grey ones.
+"""Reading photos of any common kind as 8-bit sRGB and finding them on disk.
 
 Every photo that enters training or inference goes through ``load_rgb``: it accepts JPEG, PNG,
 WebP, TIFF and BMP in any Pillow mode (grey 8/16/32-bit and float, palette, alpha, CMYK), applies
 the EXIF orientation, and raises ``ImageLoadError`` with one readable sentence for anything else.
+Pillow and numpy only, no torch: the ONNX colorizer (``cinn.onnx_colorizer``) reads photos with it
+and starts in a fraction of torch's import time. Photos as tensors are ``cinn.pixels``.
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 from cinn.errors import DataError, UserError
@@ -20,9 +20,6 @@ from cinn.limits import PhotoLimits
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
-# Hasler & Suesstrunk (2003), Table 2: colourfulness below ~15 reads as "not colourful"; 5 only
-# catches greyscale photos stored as RGB (JPEG chroma noise stays around 1-3).
-DEFAULT_GRAYSCALE_THRESHOLD = 5.0
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
@@ -142,48 +139,6 @@ def _grey_to_8bit(image: Image.Image) -> Image.Image:
         full_scale = next((scale for scale in (1.0, 255.0, 65535.0) if peak <= scale), peak)
     scaled = np.clip((values - low) / full_scale * 255.0, 0.0, 255.0)
     return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
-
-
-def reduce_rgb(rgb: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The one reduction of a photo to a model's sizes, in training and in colorizing alike: float sRGB
-    (B, 3, H, W) in [0, 1] -> (B, 3, *size), antialiased bicubic (every source pixel counts), clamped
-    back into [0, 1]. Lightness condition and ab target are each reduced from the photo by it."""
-    return F.interpolate(rgb, size=size, mode="bicubic", antialias=True, align_corners=False).clamp_(0, 1)
-
-
-def colourfulness(rgb: torch.Tensor) -> torch.Tensor:
-    """Colourfulness metric M of Hasler & Suesstrunk (2003), on the paper's 0-255 scale.
-
-    ``M = sqrt(std(rg)^2 + std(yb)^2) + 0.3 sqrt(mean(rg)^2 + mean(yb)^2)`` with ``rg = R - G`` and
-    ``yb = (R + G) / 2 - B``. Roughly: 0 grey, 15 slightly, 33 moderately, 59 quite, 109 extremely
-    colourful.
-
-    Args:
-        rgb: (..., 3, H, W) sRGB in [0, 1].
-
-    Returns:
-        (...) colourfulness of each image.
-    """
-    if rgb.dim() < 3 or rgb.shape[-3] != 3 or not rgb.is_floating_point():
-        raise ValueError(
-            f"colourfulness expects float RGB of shape (..., 3, H, W), got {rgb.dtype} {tuple(rgb.shape)}."
-        )
-    red, green, blue = (rgb.double() * 255.0).unbind(dim=-3)
-    red_green = (red - green).flatten(-2)
-    yellow_blue = (0.5 * (red + green) - blue).flatten(-2)
-    spread = torch.hypot(red_green.std(dim=-1, unbiased=False), yellow_blue.std(dim=-1, unbiased=False))
-    offset = torch.hypot(red_green.mean(dim=-1), yellow_blue.mean(dim=-1))
-    return (spread + 0.3 * offset).to(rgb.dtype)
-
-
-def is_grayscale_photo(rgb: torch.Tensor, threshold: float = DEFAULT_GRAYSCALE_THRESHOLD) -> bool:
-    """Whether a photo carries too little colour to teach colorization (colourfulness < threshold).
-
-    Args:
-        rgb: (3, H, W) sRGB in [0, 1]; a small thumbnail is enough.
-        threshold: colourfulness below which the photo counts as greyscale.
-    """
-    return bool(colourfulness(rgb) < threshold)
 
 
 def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> list[str]:

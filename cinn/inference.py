@@ -20,7 +20,9 @@ from cinn.color import (
     rgb_to_lab,
 )
 from cinn.gamut import gamut_scale
-from cinn.images import is_grayscale_photo, reduce_rgb, rgb_and_alpha
+from cinn.images import rgb_and_alpha
+from cinn.limits import working_size
+from cinn.pixels import is_grayscale_photo, reduce_rgb
 from cinn.upsample import apply_guided_rows, bilinear_weights, guided_coefficients
 
 STRIP_PIXELS = 1 << 18  # pixels per strip of recombination: a few MB of float32 per intermediate
@@ -41,12 +43,6 @@ class Colorization:
     bits_per_dim: list[float]
     original_bits_per_dim: float | None
     samples_ab: torch.Tensor
-
-
-def working_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
-    """(h, w) near the photo's aspect ratio with the short side ~``short_side``, multiples of ``multiple``."""
-    scale = short_side / min(height, width)
-    return tuple(max(multiple, multiple * round(side * scale / multiple)) for side in (height, width))
 
 
 def pil_to_tensor(image: Image.Image) -> tuple[torch.Tensor, Image.Image | None, bool]:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from cinn.errors import UsageError
 
+MAX_WORKING_SIDE = 1024  # lightness short side the model may be run at; far beyond any training size
+
 
 @dataclass(frozen=True)
 class PhotoLimits:
@@ -58,3 +60,9 @@ class PhotoLimits:
                 f"the number of samples must be between 1 and {self.max_samples}, got {count}"
                 + self.flag_hint("--max-samples")
             )
+
+
+def working_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
+    """(h, w) near the photo's aspect ratio with the short side ~``short_side``, multiples of ``multiple``."""
+    scale = short_side / min(height, width)
+    return tuple(max(multiple, multiple * round(side * scale / multiple)) for side in (height, width))

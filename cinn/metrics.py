@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from cinn.color import lab_to_rgb
-from cinn.images import colourfulness
+from cinn.pixels import colourfulness
 
 # 2D ab histograms: square bins of 10 Lab units over [-110, 110]^2 (the sRGB gamut lies inside it);
 # values outside fall into the edge bins.

@@ -59,6 +59,21 @@ def bilinear_weights(out_size: int, in_size: int, device: torch.device | None = 
     return weights.to(device)
 
 
+def area_weights(out_size: int, in_size: int) -> torch.Tensor:
+    """(out_size, in_size) matrix of ``F.interpolate(mode="area")`` (adaptive average pooling) along one
+    axis: output ``i`` is the mean of inputs ``floor(i * in / out)`` to ``ceil((i + 1) * in / out) - 1``.
+
+    Built from the sizes with tensor operations only, so a traced graph keeps them dynamic (the ONNX
+    export, ``cinn.onnx``, which has no adaptive pooling for sizes that do not divide).
+    """
+    outputs = torch.arange(out_size)[:, None]
+    inputs = torch.arange(in_size)[None, :]
+    start = (outputs * in_size) // out_size
+    end = ((outputs + 1) * in_size + out_size - 1) // out_size
+    window = ((inputs >= start) & (inputs < end)).to(torch.float32)
+    return window / window.sum(dim=1, keepdim=True)
+
+
 def apply_guided_rows(
     slope: torch.Tensor, offset: torch.Tensor, lightness_rows: torch.Tensor, row_weights: torch.Tensor,
     column_weights: torch.Tensor,

@@ -8,11 +8,13 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cinn
-from cinn.config import load_config
 from cinn.errors import UserError
-from cinn.recipe import Recipe, find_recipe
+
+if TYPE_CHECKING:  # the recipe imports the model library, and so torch: not at start-up (colorize --backend onnx)
+    from cinn.recipe import Recipe
 
 # Errors a user can cause: the project's own, and what a path given on the command line can raise.
 # Anything else (a shape mismatch, out of memory, a failed collective) is a bug or an environment
@@ -80,4 +82,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, config_required: bool 
 
 def load_recipe(path: Path, overrides: list[str]) -> Recipe:
     """The recipe file ``path``, or the shipped recipe of that name (``--config default``)."""
+    from cinn.config import load_config
+    from cinn.recipe import Recipe, find_recipe
+
     return load_config(Recipe, find_recipe(path), overrides)

@@ -22,19 +22,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
-import torch
 from cinn.programs.cli import TRACEBACK_VARIABLE, documented_parser, user_errors_exit
 from PIL import Image
 from tqdm import tqdm
 
 from cinn import DEFAULT_MODEL
-from cinn.colorizer import MAX_WORKING_SIDE, Colorizer
-from cinn.devices import resolve_device
 from cinn.errors import UsageError, UserError
 from cinn.files import publish
 from cinn.images import IMAGE_EXTENSIONS, find_images, load_rgb_and_alpha
-from cinn.limits import PhotoLimits
+from cinn.limits import MAX_WORKING_SIDE, PhotoLimits
+
+# Nothing above imports torch: with --backend onnx the program runs without it (torch's import alone
+# is most of a one-photo run, benchmarks/README.md); the torch backend imports it when chosen.
 
 GRID_TILE_HEIGHT = 256
 # zlib level of the PNGs: 1 encodes several times faster than Pillow's default 6 for files a few per
@@ -59,10 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
         "--backend", choices=("torch", "onnx"), default="torch",
-        help="what runs the conditioning net and the flow: torch, or onnxruntime on the graph that "
-        "pipelines/export.py --onnx wrote into --onnx-dir (default torch)",
+        help="what colorizes: torch, or onnxruntime on the graphs that pipelines/export.py --onnx wrote into "
+        "--onnx-dir, without torch (starts in a fraction of the time; its seeds draw other samples; no "
+        "--interpolate, and --likelihood prints the samples' bits/dim only) (default torch)",
     )  # fmt: skip
-    parser.add_argument("--onnx-dir", type=Path, default=None, help="exported graph for --backend onnx")
+    parser.add_argument("--onnx-dir", type=Path, default=None, help="exported graphs for --backend onnx")
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--likelihood", action="store_true", help="print each sample's bits/dim under the model")
     parser.add_argument(
@@ -82,6 +84,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.interpolate < 0 or args.interpolate == 1:
         parser.error("--interpolate must be 0 or >= 2")
+    if args.backend == "onnx" and args.interpolate:
+        parser.error("--interpolate needs --backend torch (the exported graphs only sample)")
     try:
         args.limits = PhotoLimits(args.max_megapixels, args.max_aspect_ratio, args.max_samples)
         args.limits.check_samples(args.n)
@@ -223,7 +227,7 @@ def with_alpha(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
     return image
 
 
-def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespace) -> None:
+def colorize_one(model: Backend, path: Path, name: str, args: argparse.Namespace) -> None:
     """Colorizes one file and writes its files into ``args.out``. Raises ImageLoadError /
     FileExistsError (and the PHOTO_ERRORS of the model and the writing) for this input."""
     targets = [args.out / f"{name}_color_{index:02d}.png" for index in range(1, args.n + 1)]
@@ -236,12 +240,11 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
     # The model sees ``rgb`` (already composited over white) and alpha is put back on the results:
     # handing it an RGBA image would composite semi-transparent pixels a second time.
     rgb, alpha = load_rgb_and_alpha(path, limits=args.limits)
-    generator = torch.Generator(args.device).manual_seed(args.seed) if args.seed is not None else None
-    result = model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side, args.limits,
-                                  own_likelihood=args.likelihood)  # fmt: skip
+    generator = model.generator(args.seed)
+    result = model.colorize(rgb, args, generator)
     pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
     if args.interpolate:
-        pictures.append(grid(model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)))
+        pictures.append(grid(model.interpolate(rgb, args, generator)))
     # All of a photo's files appear together or not at all, never half-written or mixed with another run's.
     writers = {target: partial(picture.save, compress_level=PNG_COMPRESS_LEVEL) for target, picture in
                zip(targets, pictures, strict=True)}  # fmt: skip
@@ -251,6 +254,80 @@ def colorize_one(model: Colorizer, path: Path, name: str, args: argparse.Namespa
         original = result.original_bits_per_dim
         original = f"; original colours {original:.3f}" if original is not None else ""
         tqdm.write(f"{path}: bits/dim of samples {bits}{original}")
+
+
+class Backend:
+    """What colorizes the photos, torch or onnxruntime; ``workers`` photos are colorized at once."""
+
+    model: Any
+    workers: int
+
+    @property
+    def input_multiple(self) -> int:
+        return self.model.input_multiple
+
+    def sampling_temperature(self, temperature: float | None) -> float:
+        return self.model.sampling_temperature(temperature)
+
+    @contextmanager
+    def threads_per_photo(self):
+        yield
+
+
+class TorchBackend(Backend):
+    """The release in torch (``Colorizer.colorize_photo``); torch is imported here, when chosen."""
+
+    def __init__(self, args: argparse.Namespace, num_photos: int):
+        import torch
+
+        from cinn.colorizer import Colorizer
+        from cinn.devices import resolve_device
+
+        self.torch, self.device = torch, resolve_device(args.device)
+        self.model = Colorizer.from_pretrained(args.model, device=self.device)
+        self.workers = photo_workers(num_photos, torch.get_num_threads())
+
+    def generator(self, seed: int | None):
+        return self.torch.Generator(self.device).manual_seed(seed) if seed is not None else None
+
+    def colorize(self, rgb: Image.Image, args: argparse.Namespace, generator):
+        return self.model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side, args.limits,
+                                         own_likelihood=args.likelihood)  # fmt: skip
+
+    def interpolate(self, rgb: Image.Image, args: argparse.Namespace, generator) -> list[Image.Image]:
+        return self.model.interpolate(rgb, args.interpolate, args.temperature, generator, args.working_side)
+
+    @contextmanager
+    def threads_per_photo(self):
+        """torch's intra-op threads shared out between the photos colorized at once, and set back after."""
+        before = self.torch.get_num_threads()
+        self.torch.set_num_threads(max(1, before // self.workers))
+        try:
+            yield
+        finally:
+            self.torch.set_num_threads(before)
+
+
+class OnnxBackend(Backend):
+    """The release's exported graphs on onnxruntime (``cinn.onnx_colorizer``), with no torch at all; the
+    sessions get their share of the cores when they are made."""
+
+    def __init__(self, args: argparse.Namespace, num_photos: int):
+        from cinn.onnx_colorizer import OnnxColorizer
+
+        if args.onnx_dir is None:
+            raise UsageError("--backend onnx needs --onnx-dir, a folder written by pipelines/export.py --onnx")
+        cores = os.cpu_count() or 1
+        self.workers = photo_workers(num_photos, cores)
+        self.model = OnnxColorizer(args.onnx_dir, threads=max(1, cores // self.workers))
+
+    def generator(self, seed: int | None):
+        import numpy as np
+
+        return np.random.default_rng(seed)
+
+    def colorize(self, rgb: Image.Image, args: argparse.Namespace, generator):
+        return self.model.colorize_photo(rgb, args.n, args.temperature, generator, args.working_side, args.limits)
 
 
 def report_failure(path: Path, error: BaseException) -> None:
@@ -268,14 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     paths, problems = expand_inputs(args.inputs)
     if not paths:
         raise UsageError("; ".join(problems))
-    device = resolve_device(args.device)
-    model = Colorizer.from_pretrained(args.model, device=device)
-    if args.backend == "onnx":
-        if args.onnx_dir is None:
-            raise UsageError("--backend onnx needs --onnx-dir, a folder written by pipelines/export.py --onnx")
-        from cinn.onnx import OnnxSampler
-
-        model.sampler = OnnxSampler(args.onnx_dir)
+    model = (OnnxBackend if args.backend == "onnx" else TorchBackend)(args, len(paths))
     if args.working_side is not None and not model.input_multiple <= args.working_side <= MAX_WORKING_SIDE:
         raise UsageError(f"--working-side must be between {model.input_multiple} and {MAX_WORKING_SIDE}")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -283,15 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
     failures = 0
     # Photos are colorized several at a time, each on its own thread with its share of the cores (torch
-    # releases the GIL in its operations, Pillow while encoding): on two cores, two photos with one torch
-    # thread each finished a folder of 20 in 12.5 s against 19.8 s for one photo at a time on two threads
-    # with its files written on a third (benchmarks/README.md). At most ``workers`` photos are held at once.
-    workers = photo_workers(len(paths))
+    # and onnxruntime release the GIL in their operations, Pillow while encoding): on two cores, two photos
+    # with one torch thread each finished a folder of 20 in 12.5 s against 19.8 s for one photo at a time
+    # on two threads with its files written on a third (benchmarks/README.md). At most ``model.workers``
+    # photos are held at once.
     progress = tqdm(total=len(paths), unit="photo", disable=len(paths) < 2)
-    with torch_threads(max(1, torch.get_num_threads() // workers)), ThreadPoolExecutor(workers) as pool:
+    with model.threads_per_photo(), ThreadPoolExecutor(model.workers) as pool:
         in_flight: deque[tuple[Path, Future]] = deque()
         for path, name in zip(paths, unique_names(paths), strict=True):
-            if len(in_flight) == workers:
+            if len(in_flight) == model.workers:
                 failures += finish(in_flight.popleft(), progress)
             in_flight.append((path, pool.submit(colorize_one, model, path, name, args)))
         while in_flight:
@@ -302,20 +372,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if failures or problems else 0
 
 
-def photo_workers(num_photos: int) -> int:
-    """Photos colorized at once: one per core torch uses, at most 4 (each holds its samples at full size)."""
-    return max(1, min(num_photos, torch.get_num_threads(), 4))
-
-
-@contextmanager
-def torch_threads(count: int):
-    """torch's intra-op threads set to ``count`` inside the block, and set back after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+def photo_workers(num_photos: int, cores: int) -> int:
+    """Photos colorized at once: one per core, at most 4 (each holds its samples at full size)."""
+    return max(1, min(num_photos, cores, 4))
 
 
 def finish(pending: tuple[Path, Future], progress: tqdm) -> int:

@@ -354,7 +354,7 @@ def test_a_folder_colorized_photos_at_a_time_gives_each_photo_its_own_results(tm
     threads sums in another order), and torch's thread count is set back afterwards."""
     for index in range(3):
         save_photo(tmp_path / "in" / f"photo_{index}.png", seed=index)
-    monkeypatch.setattr(colorize_pipeline, "photo_workers", lambda count: min(count, 2))
+    monkeypatch.setattr(colorize_pipeline, "photo_workers", lambda count, cores: min(count, 2))
     threads = torch.get_num_threads()
     assert run(debug_release, tmp_path / "in", "--n", "2", "--seed", "3", "--out", tmp_path / "folder") == 0
     assert torch.get_num_threads() == threads

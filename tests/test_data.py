@@ -23,7 +23,8 @@ from cinn.data import (
     split_train_val,
     write_split,
 )
-from cinn.images import ImageLoadError, colourfulness, is_grayscale_photo, list_images, load_rgb
+from cinn.images import ImageLoadError, list_images, load_rgb
+from cinn.pixels import colourfulness, is_grayscale_photo
 
 
 def colourful_array(width: int = 48, height: int = 32) -> np.ndarray:

@@ -20,8 +20,9 @@ from cinn.color import lab_to_linear_rgb, lab_to_rgb, linear_to_srgb
 from cinn.colorizer import BASELINE_FILE, Colorizer, load_regression_baseline
 from cinn.data import ColorizationDataset, DatasetConfig
 from cinn.errors import ReleaseError
-from cinn.gamut import gamut_scale
-from cinn.inference import fit_to_gamut, interpolate_latents, working_size
+from cinn.gamut import gamut_scale, gamut_scale_bisection
+from cinn.inference import fit_to_gamut, interpolate_latents
+from cinn.limits import working_size
 from cinn.upsample import guided_upsample
 
 
@@ -285,6 +286,38 @@ def test_gamut_scale_finds_the_chroma_where_the_colour_leaves_srgb():
     shrunk = (scale < 1) & (scale > 0.01)
     assert (round_trip_error(scale * 1.002)[shrunk] > 1e-4).all()  # and nothing more chroma would be
     assert (scale[lab[1:].abs().amax(dim=0) < 1] == 1).all()  # near-grey colours are left alone
+
+
+def test_the_searched_gamut_scale_is_the_first_exit_from_grey_and_the_closed_forms_but_for_a_reentry():
+    """``gamut_scale_bisection`` (the ONNX graph's) against scikit-image's Lab: its colour is inside the
+    gamut, the segment from grey to it too, and a little more chroma is not; it equals ``gamut_scale``
+    except for colours whose segment leaves and re-enters the gamut, where the closed form keeps a later
+    point whose segment from grey is not inside."""
+    generator = torch.Generator().manual_seed(4)
+    lightness = torch.rand(3000, generator=generator) * 100
+    lab = torch.stack([lightness, *((torch.rand(2, 3000, generator=generator) - 0.5) * 250)]).double()
+    # A yellow whose red exceeds 1 between t = 0.26 and 0.64, and whose green does from 0.67 on.
+    lab = torch.cat([lab, torch.tensor([[97.3444], [-29.4377], [115.9677]], dtype=torch.float64)], dim=1)
+    lightness = lab[0]
+    searched, closed = gamut_scale_bisection(lab).double(), gamut_scale(lab)
+    chroma = lab[1:].norm(dim=0)
+
+    def inside(factor: torch.Tensor) -> torch.Tensor:  # (N,) -> whether (L, t a, t b) survives sRGB
+        colours = torch.cat([lab[:1], lab[1:] * factor]).T.numpy()[None]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scikit-image warns about colours it clips
+            return torch.from_numpy(np.abs(rgb2lab(lab2rgb(colours)) - colours)[0].max(axis=1) < 5e-4)
+
+    def segment_inside(factor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([inside(factor * step) for step in torch.linspace(0, 1, 101)[1:]]).all(dim=0)
+
+    usable = lightness < 99.9  # at the top of L only white fits, to scikit-image's rounding
+    assert segment_inside(searched)[usable].all()
+    beyond = (searched < 1) & (searched * chroma > 1)
+    assert not inside(searched * 1.002)[beyond & usable].any()  # the exit, not a point before it
+    agree = (searched - closed).abs() * chroma < 2e-4  # Lab units
+    assert agree.double().mean() > 0.995 and not agree[-1]
+    assert inside(closed)[~agree & usable].all() and not segment_inside(closed)[~agree & usable].any()
 
 
 def test_recombination_in_strips_is_the_whole_image_guided_and_converted_by_scikit_image(monkeypatch):

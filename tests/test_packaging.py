@@ -19,10 +19,10 @@ PACKAGES = {"cinn": "cinn", "conditioning_nets": "cinn.conditioning_nets", "pipe
 
 # Bottom to top. A module may import (at module level) only from its own layer or below.
 LAYERS = [
-    {"cinn.errors", "cinn.config", "cinn.color", "cinn.limits", "cinn.devices", "cinn.files", "cinn.loss", "cinn.onnx",
+    {"cinn.errors", "cinn.config", "cinn.color", "cinn.limits", "cinn.devices", "cinn.files", "cinn.loss",
      "cinn.upsample", "cinn.gamut"},
-    {"cinn.images", "cinn.blocks", "cinn.conditioning_nets", "cinn.fid"},
-    {"cinn.glow", "cinn.inference", "cinn.metrics", "cinn.data", "cinn.shards"},
+    {"cinn.images", "cinn.pixels", "cinn.onnx_colorizer", "cinn.blocks", "cinn.conditioning_nets", "cinn.fid"},
+    {"cinn.glow", "cinn.inference", "cinn.onnx", "cinn.metrics", "cinn.data", "cinn.shards"},
     {"cinn.recipe"},
     {"cinn.colorizer", "cinn"},
     {"cinn.training", "cinn.run_loop", "cinn.flow_training"},
