@@ -3,7 +3,10 @@
 Both code paths run in this process, interleaved (baseline, current, baseline, ...), each stage the
 median of the repeats; the baseline's inference modules are taken from git (``--baseline``), so the
 comparison needs no second checkout. Whole commands run as subprocesses: the baseline from a
-``git archive`` of its commit, the current one from this work tree.
+``git archive`` of its commit, the current one from this work tree with the torch backend and with
+``--backend onnx`` on the graphs ``export.py --onnx`` writes (exported here, into a scratch folder).
+The ONNX path is also checked against torch on real photos: the same latents, the colours after
+recombination compared in Lab units, the written bytes compared.
 
     python benchmarks/colorize_stages.py --photos /work/kit2/test --out benchmarks/results/colorize_stages.json
 """
@@ -108,10 +111,10 @@ def median_stages(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
-def command_seconds(tree: Path | None, script: Path, inputs: list[str], out: Path) -> float:
+def command_seconds(tree: Path | None, script: Path, inputs: list[str], out: Path, extra: tuple = ()) -> float:
     """Wall-clock seconds of one colorize.py command in a fresh process (start-up included); with ``tree``,
     the package is imported from there instead of from the (editable) installation."""
-    arguments = [*inputs, "--n", "8", "--seed", "0", "--out", str(out), "--overwrite"]
+    arguments = [*inputs, "--n", "8", "--seed", "0", "--out", str(out), "--overwrite", *extra]
     if tree is None:
         command = [sys.executable, str(script), *arguments]
     else:
@@ -151,6 +154,41 @@ def png_levels(image: Image.Image) -> list[dict]:
     return rows
 
 
+def onnx_agreement(model: Colorizer, graphs: Path, paths: list[str]) -> list[dict]:
+    """The torch path and the ONNX graphs on the same latents, per photo: the largest difference of the
+    full-size ab after recombination (before the gamut fit, Lab units), of L, and of the written bytes."""
+    from cinn.onnx_colorizer import RECOMBINE_FILE, OnnxColorizer
+    from cinn.upsample import guided_upsample
+
+    onnx, rows = OnnxColorizer(graphs), []
+    for path in paths:
+        image = load_rgb_and_alpha(path)[0]
+        full, lightness, _, _, _ = current.prepare_photo(image, 64, model.input_multiple, torch.device("cpu"))
+        zs = [torch.randn(8, *shape, generator=torch.Generator().manual_seed(0)) * model.config.temperature
+              for shape in model.latent_shapes(lightness)]  # fmt: skip
+        with torch.no_grad():
+            ab, _ = model.sample_with_likelihood(lightness, 8, zs=zs)
+        full_ab = guided_upsample(ab[0], full) * 110
+        ab_difference = lightness_difference = 0.0
+        for index in range(8):
+            _, _, lab = onnx.sessions[RECOMBINE_FILE].run(None, {"ab": ab[0, index : index + 1].numpy(),
+                                                                  "lightness": full.numpy()})  # fmt: skip
+            ab_difference = max(ab_difference, float(np.abs(lab[1:] - full_ab[index].numpy()).max()))
+            lightness_difference = max(
+                lightness_difference, float(np.abs(lab[0] - (full[0, 0].numpy() + 1) * 50).max())
+            )
+        ours = onnx.colorize_photo(image, 8, zs=[z.numpy() for z in zs]).images
+        theirs = current.recombine(ab[0], full, None)
+        pairs = zip(ours, theirs, strict=True)
+        differences = [np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max(axis=-1) for a, b in pairs]
+        rows.append({"photo": Path(path).name, "size": list(image.size), "max_ab_difference": ab_difference,
+                     "max_lightness_difference": lightness_difference,
+                     "max_byte_difference": int(max(d.max() for d in differences)),
+                     "pixels_differing_by_more_than_one": int(sum((d > 1).sum() for d in differences)),
+                     "pixels": 8 * image.width * image.height})  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=Path, required=True, help="folder of real photos (>= 20 for the folder run)")
@@ -176,22 +214,34 @@ def main(argv: list[str] | None = None) -> None:
         results["stages_512"] = {name: median_stages(found[1:]) for name, found in runs.items()}
         print(json.dumps(results["stages_512"], indent=1), flush=True)
         results["png_levels_512"] = png_levels(Image.open(photo).convert("RGB"))
-        commands = {"baseline": [], "current": []}
+        from cinn.onnx import export_onnx
+
+        graphs = scratch / "graphs"
+        _, results["onnx_export_seconds"] = timed(export_onnx, model, graphs)
+        onnx = ("--backend", "onnx", "--onnx-dir", str(graphs))
+        results["onnx_against_torch"] = onnx_agreement(model, graphs, [str(photo), *list_images(args.photos)[1:3]])
+        print(json.dumps(results["onnx_against_torch"], indent=1), flush=True)
+        commands = {"baseline": [], "current": [], "current, --backend onnx": []}
+        current_script = ROOT / "pipelines" / "colorize.py"
         for _ in range(3):
             commands["baseline"].append(command_seconds(tree, tree / "pipelines" / "colorize.py", [str(photo)],
                                                         scratch / "out_old"))  # fmt: skip
-            commands["current"].append(command_seconds(None, ROOT / "pipelines" / "colorize.py", [str(photo)],
-                                                       scratch / "out_new"))  # fmt: skip
+            commands["current"].append(command_seconds(None, current_script, [str(photo)], scratch / "out_new"))
+            commands["current, --backend onnx"].append(
+                command_seconds(None, current_script, [str(photo)], scratch / "out_onnx", onnx)
+            )
         results["command_512"] = {name: statistics.median(found) for name, found in commands.items()}
         print(json.dumps(results["command_512"]), flush=True)
         folder = photo_folder(args.photos, scratch / "folder", args.folder_size, (480, 360))
         results["folder"] = {"photos": len(folder), "size": "480x360"}
-        for name, python_path, script in (("baseline", tree, tree / "pipelines" / "colorize.py"),
-                                          ("current", None, ROOT / "pipelines" / "colorize.py")):  # fmt: skip
-            seconds = command_seconds(python_path, script, [str(scratch / "folder")], scratch / f"folder_{name}")
+        for name, python_path, script, extra in (("baseline", tree, tree / "pipelines" / "colorize.py", ()),
+                                                 ("current", None, current_script, ()),
+                                                 ("current, --backend onnx", None, current_script, onnx)):  # fmt: skip
+            target = scratch / f"folder_{len(results['folder'])}"
+            seconds = command_seconds(python_path, script, [str(scratch / "folder")], target, extra)
             # The same program on the folder's first photo alone: the difference is the other photos' time,
             # start-up (imports, model) excluded.
-            one = command_seconds(python_path, script, [folder[0]], scratch / f"folder_one_{name}")
+            one = command_seconds(python_path, script, [folder[0]], scratch / f"folder_one_{name}", extra)
             results["folder"][name] = {"seconds": seconds, "per_photo": seconds / len(folder), "one_photo": one,
                                        "per_photo_after_start_up": (seconds - one) / (len(folder) - 1)}  # fmt: skip
         same = [np.array_equal(np.asarray(Image.open(scratch / "out_old" / f"photo_{kind}.png")),

@@ -20,6 +20,7 @@ cinn-colorization[onnx]``.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -35,6 +36,7 @@ from cinn.color import (
     rgb_to_lab,
 )
 from cinn.errors import ReleaseError, UsageError
+from cinn.files import publish
 from cinn.gamut import gamut_scale_bisection
 from cinn.inference import in_srgb_gamut, srgb_bytes
 from cinn.loss import bits_per_dim, negative_log_likelihood
@@ -89,12 +91,15 @@ class GamutPath(nn.Module):
         return srgb_bytes(linear_to_srgb(lab_to_linear_rgb(fitted[:, :, None]))[:, :, 0])
 
 
-def export_onnx(model: nn.Module, directory: str | Path, example_side: int | None = None) -> Path:
-    """Writes ``sampler.onnx``, ``sampling.json`` and the graphs around the model
-    (``export_recombination``) for a ``Colorizer`` into ``directory``.
+def export_onnx(
+    model: nn.Module, directory: str | Path, example_side: int | None = None, overwrite: bool = False
+) -> Path:
+    """Writes ``sampler.onnx``, ``sampling.json`` and the graphs around the model (``recombination_writers``)
+    for a ``Colorizer`` into ``directory``, all or none of them (``cinn.files.publish``).
 
     Args:
         example_side: side of the square lightness traced (default: the model's training size).
+        overwrite: replace graphs already there (else ``FileExistsError``, and nothing is written).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -103,16 +108,19 @@ def export_onnx(model: nn.Module, directory: str | Path, example_side: int | Non
     shapes = model.latent_shapes(lightness)
     zs = [torch.zeros(2, *shape) for shape in shapes]
     names = [f"z{level}" for level in range(len(zs))]
-    dynamic = {"lightness": {2: "height", 3: "width"}, "ab": {0: "samples"}, "logdet": {0: "samples"}}
+    dynamic = {"lightness": {2: "height", 3: "width"}, "ab": {0: "samples"}, "logdet": {0: "samples"},
+               "bits_per_dim": {0: "samples"}}  # fmt: skip
     for name, shape in zip(names, shapes, strict=True):
         divisor = side // shape[1]
         dynamic[name] = {0: "samples", 2: f"height_{divisor}", 3: f"width_{divisor}"}
-    with torch.no_grad():
-        torch.onnx.export(
-            SamplingPath(model.eval()), (lightness, *zs), directory / GRAPH_FILE, input_names=["lightness", *names],
-            output_names=["ab", "logdet", "bits_per_dim"], dynamic_axes=dynamic, opset_version=17, dynamo=False,
-        )  # fmt: skip
-    dynamic["bits_per_dim"] = {0: "samples"}
+
+    def write_sampler(path: Path) -> None:
+        with torch.no_grad():
+            torch.onnx.export(
+                SamplingPath(model.eval()), (lightness, *zs), path, input_names=["lightness", *names],
+                output_names=["ab", "logdet", "bits_per_dim"], dynamic_axes=dynamic, opset_version=17, dynamo=False,
+            )  # fmt: skip
+
     description = {
         "lightness": "(1, 1, H, W): L / 50 - 1 at the working size; H and W multiples of lightness_multiple",
         "lightness_multiple": model.input_multiple,
@@ -125,13 +133,19 @@ def export_onnx(model: nn.Module, directory: str | Path, example_side: int | Non
         "lightness_size": model.config.lightness_size,
         "ab_size": model.config.ab_size,
     }
-    (directory / SHAPES_FILE).write_text(json.dumps(description, indent=1) + "\n", encoding="utf-8")
-    export_recombination(directory)
+    text = json.dumps(description, indent=1) + "\n"
+    writers = {directory / GRAPH_FILE: write_sampler,
+               directory / SHAPES_FILE: lambda path: path.write_text(text, encoding="utf-8"),
+               **recombination_writers(directory)}  # fmt: skip
+    existing = [path for path in writers if path.exists()]
+    if existing and not overwrite:  # before the minutes of tracing; publish checks again when it moves them
+        raise FileExistsError(f"'{existing[0]}' already exists (use --overwrite to replace it)")
+    publish(writers, overwrite)
     return directory / GRAPH_FILE
 
 
-def export_recombination(directory: Path) -> None:
-    """Writes ``prepare.onnx``, ``recombine.onnx`` and ``gamut.onnx`` (the module docstring) into ``directory``.
+def recombination_writers(directory: Path) -> dict[Path, Callable[[Path], None]]:
+    """Writers of ``prepare.onnx``, ``recombine.onnx`` and ``gamut.onnx`` (the module docstring) in ``directory``.
 
     Traced by torch's dynamo exporter, the one that handles the antialiased reduction and sizes taken
     from the inputs' shapes; every side is dynamic.
@@ -149,13 +163,19 @@ def export_recombination(directory: Path) -> None:
         (GamutPath(), (torch.tensor([[50.0, 90.0], [80.0, -90.0], [80.0, 90.0]]),), GAMUT_FILE, ["lab"], ["bytes"],
          {"lab": {1: side("colours", min=1, max=1 << 30)}}),
     )  # fmt: skip
-    for module, inputs, name, input_names, output_names, shapes in graphs:
-        with torch.no_grad():
-            program = torch.onnx.export(
-                module.eval(), inputs, input_names=input_names, output_names=output_names, dynamic_shapes=shapes,
-                dynamo=True, verbose=False,
-            )  # fmt: skip
-        program.save(str(directory / name))
+
+    def writer(module, inputs, input_names, output_names, shapes) -> Callable[[Path], None]:
+        def write(path: Path) -> None:
+            with torch.no_grad():
+                program = torch.onnx.export(
+                    module.eval(), inputs, input_names=input_names, output_names=output_names, dynamic_shapes=shapes,
+                    dynamo=True, verbose=False,
+                )  # fmt: skip
+            program.save(str(path))
+
+        return write
+
+    return {directory / name: writer(module, inputs, *rest) for module, inputs, name, *rest in graphs}
 
 
 class OnnxSampler:

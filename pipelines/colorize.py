@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--onnx-dir, without torch (starts in a fraction of the time; its seeds draw other samples; no "
         "--interpolate, and --likelihood prints the samples' bits/dim only) (default torch)",
     )  # fmt: skip
-    parser.add_argument("--onnx-dir", type=Path, default=None, help="exported graphs for --backend onnx")
+    parser.add_argument("--onnx-dir", type=Path, default=None,
+                        help="graphs for --backend onnx (they hold the model they were exported from; --model and "
+                        "--device are not read)")  # fmt: skip
     parser.add_argument("--overwrite", action="store_true", help="replace existing output files")
     parser.add_argument("--likelihood", action="store_true", help="print each sample's bits/dim under the model")
     parser.add_argument(

@@ -1,7 +1,10 @@
-"""Export a model release for deployment elsewhere: its sampling path as an ONNX graph.
+"""Export a model release for deployment elsewhere: its colorization path as ONNX graphs.
 
-The graph (conditioning net + flow inverse) runs with onnxruntime, in a web page, on a phone or from
-C++; ``sampling.json`` beside it says what goes in and out. Needs ``pip install 'cinn-colorization[onnx]'``.
+The model's graph (conditioning net + flow inverse, ``sampler.onnx``) runs with onnxruntime, in a web
+page, on a phone or from C++; ``sampling.json`` beside it says what goes in and out. Three more graphs
+hold the lightness, the upsampling to full size and the gamut fit (``cinn.onnx``), so that
+``colorize.py --backend onnx --onnx-dir DIR`` colorizes with them and without torch. Exporting takes a
+minute or two. Needs ``pip install 'cinn-colorization[onnx]'``.
 
 Examples:
     python pipelines/export.py --onnx exported/
@@ -22,8 +25,9 @@ from cinn.errors import UsageError
 @user_errors_exit
 def main(argv: list[str] | None = None) -> int:
     parser = documented_parser(__doc__)
-    parser.add_argument("--onnx", type=Path, required=True, metavar="DIR", help="folder for sampler.onnx")
+    parser.add_argument("--onnx", type=Path, required=True, metavar="DIR", help="folder for the graphs")
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model release directory (default: shipped)")
+    parser.add_argument("--overwrite", action="store_true", help="replace graphs already in DIR")
     args = parser.parse_args(argv)
     try:
         import onnx  # noqa: F401  (torch's exporter needs it)
@@ -32,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from cinn.colorizer import Colorizer
     from cinn.onnx import export_onnx
 
-    path = export_onnx(Colorizer.from_pretrained(args.model), args.onnx)
-    print(f"wrote {path} and {path.with_name('sampling.json').name}", file=sys.stderr)
+    path = export_onnx(Colorizer.from_pretrained(args.model), args.onnx, overwrite=args.overwrite)
+    names = ", ".join(sorted(file.name for file in path.parent.glob("*.onnx")))
+    print(f"wrote {names} and sampling.json into {path.parent}; colorize without torch with\n"
+          f"  python pipelines/colorize.py PHOTO --backend onnx --onnx-dir {path.parent}", file=sys.stderr)  # fmt: skip
     return 0
 
 

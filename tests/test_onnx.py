@@ -27,6 +27,13 @@ def graphs(debug_release, tmp_path_factory):
     return folder
 
 
+def test_an_export_never_replaces_graphs_without_overwrite(debug_release, graphs, capsys):
+    before = {path.name: path.read_bytes() for path in graphs.iterdir()}
+    assert export.main(["--onnx", str(graphs), "--model", str(debug_release)]) == 2
+    assert "already exists (use --overwrite to replace it)" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in graphs.iterdir()} == before  # nor leaves a temporary
+
+
 def test_the_exported_graph_samples_what_torch_samples_at_other_sizes(debug_release, graphs):
     from cinn.onnx import OnnxSampler
 
