@@ -49,9 +49,9 @@ def baseline_tree(commit: str, folder: Path) -> Path:
 
 
 def baseline_inference(tree: Path):
-    """The baseline's ``cinn.inference`` (with its color and upsample modules), as a separate module."""
+    """The baseline's ``cinn.inference`` (with its color, upsample and images modules), as a separate module."""
     modules = {}
-    for name in ("color", "upsample", "inference"):
+    for name in ("color", "upsample", "images", "inference"):
         text = (tree / "cinn" / f"{name}.py").read_text()
         for other in modules:
             text = text.replace(f"from cinn.{other} import", f"from baseline_{other} import")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,13 +77,17 @@ class OnnxColorizer:
         except (ValueError, KeyError, TypeError) as error:
             raise ReleaseError(f"'{directory / SHAPES_FILE}' is not what export.py writes ({error!r})") from None
         options = onnxruntime.SessionOptions()
+        # onnxruntime's threads spin between runs by default: here they would take the cores from the
+        # PNG encoding and the other graphs that run in between.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
-        try:
-            self.sessions = {
-                name: onnxruntime.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
-                for name in GRAPH_FILES
-            }
+        def load(name: str):
+            return onnxruntime.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
+
+        try:  # side by side: optimising the sampler's graph is most of the start-up, and releases the GIL
+            with ThreadPoolExecutor(len(GRAPH_FILES)) as loaders:
+                self.sessions = dict(zip(GRAPH_FILES, loaders.map(load, GRAPH_FILES), strict=True))
         except Exception as error:  # onnxruntime raises its own exception types for a damaged graph
             raise ReleaseError(f"a graph in '{directory}' cannot be loaded ({str(error).splitlines()[0]})") from None
 

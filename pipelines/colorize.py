@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import glob
+import io
 import math
 import os
 import sys
@@ -223,6 +224,13 @@ def grid(images: list[Image.Image]) -> Image.Image:
     return sheet
 
 
+def png_bytes(picture: Image.Image) -> bytes:
+    """The picture as a PNG file's bytes, at ``PNG_COMPRESS_LEVEL``."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
 def with_alpha(image: Image.Image, alpha: Image.Image | None) -> Image.Image:
     if alpha is not None:
         image.putalpha(alpha)
@@ -247,9 +255,11 @@ def colorize_one(model: Backend, path: Path, name: str, args: argparse.Namespace
     pictures = [with_alpha(image, alpha) for image in result.images] + [grid([rgb.convert("L"), *result.images])]
     if args.interpolate:
         pictures.append(grid(model.interpolate(rgb, args, generator)))
-    # All of a photo's files appear together or not at all, never half-written or mixed with another run's.
-    writers = {target: partial(picture.save, compress_level=PNG_COMPRESS_LEVEL) for target, picture in
-               zip(targets, pictures, strict=True)}  # fmt: skip
+    # The PNGs are encoded on every core (zlib runs without the GIL), then all of a photo's files appear
+    # together or not at all, never half-written or mixed with another run's.
+    with ThreadPoolExecutor(os.cpu_count() or 1) as encoders:
+        encoded = list(encoders.map(png_bytes, pictures))
+    writers = {target: partial(Path.write_bytes, data=data) for target, data in zip(targets, encoded, strict=True)}
     publish(writers, args.overwrite)
     if args.likelihood:
         bits = ", ".join(f"{value:.3f}" for value in result.bits_per_dim)
