@@ -8,7 +8,7 @@ comparison needs no second checkout. Whole commands run as subprocesses: the bas
 The ONNX path is also checked against torch on real photos: the same latents, the colours after
 recombination compared in Lab units, the written bytes compared.
 
-    python benchmarks/colorize_stages.py --photos /work/kit2/test --out benchmarks/results/colorize_stages.json
+    python benchmarks/colorize_stages.py --photos photos/kit/test --out benchmarks/results/colorize_stages.json
 """
 
 from __future__ import annotations
