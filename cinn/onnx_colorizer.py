@@ -82,6 +82,7 @@ class OnnxColorizer:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
             options.intra_op_num_threads = threads
+
         def load(name: str):
             return onnxruntime.InferenceSession(str(directory / name), options, providers=["CPUExecutionProvider"])
 
