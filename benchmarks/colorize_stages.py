@@ -80,7 +80,7 @@ def stages(model: Colorizer, path: Path, module, baseline: bool, level: int) -> 
     with torch.no_grad():
         conditions, seconds["conditioning net"] = timed(model.conditions, lightness)
         zs = [torch.randn(8, *shape) * model.config.temperature for shape in model.latent_shapes(lightness)]
-        (ab, _), seconds["flow inverse (8 samples)"] = timed(model.flow.inverse, zs, conditions)
+        (ab, _), seconds["flow inverse (8 samples)"] = timed(model.decode, zs, conditions)
     if baseline:
         seconds.update({"guided upsampling": 0.0, "gamut": 0.0, "Lab to RGB bytes": 0.0})
         images = []

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 from PIL import Image
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from cinn.conditioning_nets import ConditioningNet, PretrainingModel, build_conditioning_net
+from cinn.conditioning_nets import ColorizationHead, ConditioningNet, PretrainingModel, build_conditioning_net
 from cinn.conditioning_nets.quantization import ANNEALED_MEAN_TEMPERATURE
 from cinn.config import ConfigError, from_dict, save_config
 from cinn.errors import ReleaseError, UsageError
@@ -27,10 +28,16 @@ from cinn.recipe import ModelConfig
 
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE = "config.yaml", "model.safetensors", "README.md"
 BASELINE_FILE = "baseline.safetensors"  # optional: the pretrained net + head, a deterministic baseline
+GUIDE_CHANNELS = 2  # the guide's colour (a, b), appended to every level's condition map
 
 
 class Colorizer(nn.Module):
     """Lightness -> conditioning features -> ConditionalGlow over ab (Ardizzone et al. 2019).
+
+    With a colour guide (``config.guide``), the pretrained colorization head stays in the model:
+    its mean colour ``g`` is two more channels of every level's condition map, and the flow maps
+    the offset ``ab - g`` to the latents. The offset is a translation, so the likelihood stays
+    exact (log-determinant 0) and samples centre on the head's colours rather than on gray.
 
     Args:
         config: the model section of a recipe.
@@ -48,19 +55,80 @@ class Colorizer(nn.Module):
         if tuple(conditioning_net.strides) != expected:
             raise ValueError(f"conditioning net strides {conditioning_net.strides} != {expected} for this flow")
         self.conditioning_net = conditioning_net
-        self.flow = ConditionalGlow(
-            config.flow, conditioning_net.out_channels, global_channels=conditioning_net.global_channels
-        )
+        self.guide = None
+        condition_channels = conditioning_net.out_channels
+        if config.guide is not None:
+            self.guide = ColorizationHead(
+                conditioning_net.out_channels,
+                conditioning_net.global_channels,
+                config.guide.hidden_channels,
+                output_level=config.guide.level,
+            )
+            condition_channels = tuple(channels + GUIDE_CHANNELS for channels in condition_channels)
+        self.flow = ConditionalGlow(config.flow, condition_channels, global_channels=conditioning_net.global_channels)
         # Runs ``invert`` instead of torch when set, e.g. ``cinn.onnx.OnnxSampler`` (an exported graph).
         self.sampler: Callable[[torch.Tensor, list[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] | None = None
 
+    def conditioning_modules(self) -> list[nn.Module]:
+        """What turns lightness into conditions: the conditioning net, and the guide if there is one
+        (trained, or frozen, together)."""
+        return [self.conditioning_net] + ([self.guide] if self.guide is not None else [])
+
     def conditions(self, lightness: torch.Tensor) -> list[torch.Tensor]:
-        """lightness (B, 1, Hl, Wl) normalised -> the flow's condition tensors."""
-        return self.conditioning_net(lightness)
+        """lightness (B, 1, Hl, Wl) normalised -> the flow's condition tensors.
+
+        With a guide, each level's map ends with the guide's colour (2 channels, normalised ab) at
+        that level's resolution; the finest map runs at the ab size, so it carries the offset's centre.
+        """
+        features = self.conditioning_net(lightness)
+        if self.guide is None:
+            return features
+        guide_ab = self.guide.predict_ab(features, self.config.guide.temperature)
+        num_levels = self.config.flow.num_levels
+        maps = [
+            torch.cat([map_, self.guide_at(guide_ab, level)], dim=1) for level, map_ in enumerate(features[:num_levels])
+        ]
+        return maps + features[num_levels:]
+
+    def guide_at(self, guide_ab: torch.Tensor, level: int) -> torch.Tensor:
+        """The guide's colour (B, 2, h, w) at its own level, resized to ``level``: area-averaged when
+        coarser, bilinear when finer. Levels halve the size, so the factors are fixed (which an ONNX
+        graph needs: a resize to a size computed at run time does not export)."""
+        factor = 2 ** abs(level - self.config.guide.level)
+        if level > self.config.guide.level:
+            return F.avg_pool2d(guide_ab, factor)
+        if level < self.config.guide.level:
+            return F.interpolate(guide_ab, scale_factor=factor, mode="bilinear", align_corners=False)
+        return guide_ab
+
+    def offset(self, ab: torch.Tensor, c: list[torch.Tensor], sign: int = -1) -> torch.Tensor:
+        """``ab + sign * g`` for the guide's colour ``g`` in ``c`` (``ab`` unchanged without a guide).
+
+        ``ab`` (B, 2, Ha, Wa) may hold several samples per condition (batch Bc dividing B), as the flow allows.
+        """
+        if self.guide is None:
+            return ab
+        centre = c[0][:, -GUIDE_CHANNELS:]
+        per_condition = ab.unflatten(0, (centre.shape[0], -1))
+        return (per_condition + sign * centre[:, None]).flatten(0, 1)
+
+    def encode(self, ab: torch.Tensor, c: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """ab (B, 2, Ha, Wa) normalised, given the conditions ``c`` -> (zs, logdet (B,))."""
+        return self.flow(self.offset(ab, c), c)
+
+    def decode(self, zs: list[torch.Tensor], c: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-level latents given the conditions ``c`` -> (ab, logdet (B,) of the inverse pass)."""
+        ab, logdet = self.flow.inverse(zs, c)
+        return self.offset(ab, c, sign=1), logdet
+
+    def initialize(self, lightness: torch.Tensor, ab: torch.Tensor) -> None:
+        """Data-dependent initialisation of the flow's ActNorms from one batch; call once before training."""
+        c = self.conditions(lightness)
+        self.flow.initialize(self.offset(ab, c), c)
 
     def forward(self, lightness: torch.Tensor, ab: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """ab (B, 2, Ha, Wa) given lightness (B, 1, Hl, Wl), both normalised -> (zs, logdet (B,))."""
-        return self.flow(ab, self.conditions(lightness))
+        return self.encode(ab, self.conditions(lightness))
 
     def nll(self, lightness: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
         """Exact negative log-likelihood of normalised ``ab`` given ``lightness``, (B,) bits/dim."""
@@ -118,7 +186,7 @@ class Colorizer(nn.Module):
         """
         if self.sampler is not None and lightness.shape[0] == 1:
             return self.sampler(lightness, zs)
-        return self.flow.inverse(zs, self.conditions(lightness))
+        return self.decode(zs, self.conditions(lightness))
 
     def latent_shapes(self, lightness: torch.Tensor) -> list[tuple[int, int, int]]:
         """Per-level latent (C, H, W) for the ab that goes with lightness (B, 1, Hl, Wl)."""

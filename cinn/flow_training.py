@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
-from cinn.colorizer import Colorizer
+from cinn.colorizer import BASELINE_FILE, Colorizer
 from cinn.errors import UserError
 from cinn.loss import map_loss
 from cinn.recipe import Recipe
@@ -39,19 +39,33 @@ class Progress:
 
 
 def build_model(recipe: Recipe, device: torch.device) -> Colorizer:
+    """The model of the recipe, with the pretrained conditioning net (and its head, as the guide) if named."""
     model = Colorizer(recipe.model)
     path = recipe.train.pretrained_conditioning
     if path is not None:
         if not Path(path).is_file():
             raise FileNotFoundError(f"train.pretrained_conditioning: '{path}' does not exist")
         model.conditioning_net.load_state_dict(load_file(path))
+    if model.guide is not None:
+        model.guide.load_state_dict(pretrained_head(path))
     return model.to(device)
+
+
+def pretrained_head(backbone_path: str) -> dict[str, torch.Tensor]:
+    """The colorization head pretrained with the backbone at ``backbone_path``: the ``head.`` tensors of
+    the ``baseline.safetensors`` that ``pretrain_condnet.py`` writes beside it."""
+    baseline = Path(backbone_path).with_name(BASELINE_FILE)
+    if not baseline.is_file():
+        raise FileNotFoundError(f"model.guide: '{baseline}' (the pretrained head, beside the backbone) does not exist")
+    tensors = load_file(baseline)
+    return {name.removeprefix("head."): tensor for name, tensor in tensors.items() if name.startswith("head.")}
 
 
 def build_optimizer(model: Colorizer, recipe: Recipe):
     train = recipe.train
     groups = [{"params": list(model.flow.parameters()), "lr": train.lr}]
-    groups.append({"params": list(model.conditioning_net.parameters()), "lr": train.conditioning_lr})
+    conditioning = [parameter for module in model.conditioning_modules() for parameter in module.parameters()]
+    groups.append({"params": conditioning, "lr": train.conditioning_lr})
     optimizer = torch.optim.Adam(groups, eps=train.adam_eps)
     schedule = warmup_cosine(train.warmup_steps, train.steps, train.min_lr_ratio, train.schedule == "cosine")
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -64,8 +78,9 @@ def conditioning_frozen(recipe: Recipe, step: int) -> bool:
 
 def wrap(model: Colorizer, frozen: bool, group: ProcessGroup, device: torch.device) -> torch.nn.Module:
     """Sets what trains in this phase; DDP (re)built so it only syncs what trains."""
-    model.conditioning_net.requires_grad_(not frozen)
-    model.conditioning_net.train(not frozen)
+    for module in model.conditioning_modules():
+        module.requires_grad_(not frozen)
+        module.train(not frozen)
     model.flow.train()
     if group.world_size == 1:
         return model

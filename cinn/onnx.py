@@ -54,7 +54,7 @@ class SamplingPath(nn.Module):
         self.model = model
 
     def forward(self, lightness: torch.Tensor, *zs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        ab, logdet = self.model.flow.inverse(list(zs), self.model.conditions(lightness))
+        ab, logdet = self.model.decode(list(zs), self.model.conditions(lightness))
         return ab, logdet, bits_per_dim(negative_log_likelihood(zs, -logdet), ab[0].numel())
 
 

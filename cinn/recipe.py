@@ -17,6 +17,26 @@ if TYPE_CHECKING:  # the data pipeline (torchvision) is for training only: loadi
 
 
 @dataclass(frozen=True)
+class GuideConfig:
+    """The pretrained colorization head, kept in the model as the flow's colour guide (``Colorizer``).
+
+    The head's mean colour for each pixel is given to every coupling as two more condition channels,
+    and the flow models ab as an offset from it, so its samples centre on what the pretrained
+    colorizer predicts rather than on gray; the offset is a translation, its log-determinant 0.
+
+    Attributes:
+        hidden_channels: the head's width, as pretrained (``pretrain.head_hidden_channels``).
+        level: the level whose resolution the head predicts at, as pretrained (``pretrain.head_level``).
+        temperature: annealed-mean temperature of its colour (1: the plain mean of its bins, the
+            least-squares prediction; lower is more saturated).
+    """
+
+    hidden_channels: int = positive(64)
+    level: int = at_least(0, 0)
+    temperature: float = positive(1.0)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     """What a release needs to rebuild the model; saved as its ``config.yaml``.
 
@@ -29,6 +49,7 @@ class ModelConfig:
         flow: the conditional Glow's shape.
         temperature: the model's default sampling temperature, chosen on validation photos (Glow's
             0.7 unless measured otherwise); a per-model choice, so the release carries it.
+        guide: the pretrained head as the flow's colour guide, or None for none.
     """
 
     conditioning_net: str = "small"
@@ -37,6 +58,7 @@ class ModelConfig:
     ab_size: int = positive(32)
     flow: GlowConfig = field(default_factory=GlowConfig)
     temperature: float = at_least(0.7, 0)
+    guide: GuideConfig | None = None
 
     @property
     def lightness_per_ab(self) -> int:
@@ -49,6 +71,10 @@ class ModelConfig:
             raise ValueError(f"lightness_size {self.lightness_size} must be a multiple of ab_size {self.ab_size}")
         if self.ab_size % 2 ** (self.flow.num_levels - 1):
             raise ValueError(f"ab_size {self.ab_size} must be divisible by 2**(levels - 1)")
+        if self.guide is not None and self.guide.level >= self.flow.num_levels:
+            raise ValueError(
+                f"guide.level must name one of the flow's {self.flow.num_levels} levels, got {self.guide.level}"
+            )
         reserved = {"num_levels", "first_stride"} & set(self.conditioning_kwargs)
         if reserved:
             raise ValueError(f"conditioning_kwargs may not set {sorted(reserved)}: they follow from the flow")
@@ -121,6 +147,8 @@ class PretrainConfig:
             finest, the ab size; 1: half of it, about 3x faster for the small nets).
         schedule: "constant" learning rate, or "cosine" (warmup, then cosine decay to
             ``min_lr_ratio``), as in training.
+        export_weights: what ``backbone.safetensors`` and ``baseline.safetensors`` hold: the "last"
+            step's weights, or the "best" validation loss's (``checkpoints/best.pt``).
     """
 
     steps: int = positive(2000)
@@ -135,6 +163,7 @@ class PretrainConfig:
     schedule: str = "constant"
     warmup_steps: int = at_least(0, 0)
     min_lr_ratio: float = bounded(0.05, 0, 1)
+    export_weights: str = "last"
     bin_count_batches: int = positive(20)
     log_every: int = positive(20)
     val_every: int = positive(250)
@@ -143,6 +172,8 @@ class PretrainConfig:
 
     def __post_init__(self) -> None:
         check_schedule(self.schedule)
+        if self.export_weights not in ("last", "best"):
+            raise ValueError(f"export_weights must be 'last' or 'best', got {self.export_weights!r}")
 
 
 @dataclass(frozen=True)
@@ -201,6 +232,20 @@ class Recipe:
             raise ConfigError(
                 f"pretrain.head_level must name one of the flow's {self.model.flow.num_levels} levels "
                 f"(0 to {self.model.flow.num_levels - 1}), got {self.pretrain.head_level}"
+            )
+        guide = self.model.guide
+        if guide is not None and self.train.pretrained_conditioning is None:
+            raise ConfigError(
+                "model.guide needs train.pretrained_conditioning: the guide is the head pretrained with it"
+            )
+        if guide is not None and (guide.hidden_channels, guide.level) != (
+            self.pretrain.head_hidden_channels,
+            self.pretrain.head_level,
+        ):
+            raise ConfigError(
+                f"model.guide (hidden_channels {guide.hidden_channels}, level {guide.level}) must be the head "
+                f"the pretraining trains (pretrain.head_hidden_channels {self.pretrain.head_hidden_channels}, "
+                f"pretrain.head_level {self.pretrain.head_level})"
             )
 
 

@@ -192,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         run_log.close()
     if stopped is not None:
         return stopped
+    if settings.export_weights == "best" and (args.out / BEST).is_file():
+        best = load_checkpoint(args.out / BEST)
+        model.load_state_dict(best["model"])
+        print(f"exporting the weights of step {best['progress']['step']}, the lowest validation loss ({BEST})")
     export(model, args.out, settings)
     print(f"backbone written to {args.out / 'backbone.safetensors'}")
     return 0

@@ -72,12 +72,16 @@ def model_card(model: Colorizer, recipe: Recipe, progress: Progress, data: str, 
     config, flow = recipe.model, recipe.model.flow
     kwargs = ", ".join(f"{key}={value}" for key, value in config.conditioning_kwargs.items())
     settings = ", ".join(f"{key} {value}" for key, value in flow.coupling_settings.items())
-    conditioning = sum(parameter.numel() for parameter in model.conditioning_net.parameters())
+    conditioning = sum(
+        parameter.numel() for module in model.conditioning_modules() for parameter in module.parameters()
+    )
     flow_parameters = sum(parameter.numel() for parameter in model.flow.parameters())
     return (
         "# cINN colorization model\n\n"
         f"- conditioning net: `{config.conditioning_net}` ({kwargs}), {conditioning:,} parameters, on lightness "
-        f"{config.lightness_size} px\n"
+        f"{config.lightness_size} px"
+        + (" (with its pretrained head as the colour guide)" if model.guide else "")
+        + "\n"
         f"- conditional Glow on ab {config.ab_size} px: couplings per level {list(flow.steps_per_level)}, "
         f"widths {list(flow.hidden_channels)}, {flow.coupling} couplings ({settings}), {flow.mixing} mixing; "
         f"{flow_parameters:,} "
@@ -153,7 +157,7 @@ def start_or_resume(args, recipe: Recipe, model: Colorizer, optimizer, scheduler
     if any(isinstance(module, ActNorm) for module in model.modules()):
         first = training_batches(train_set, recipe.train.batch_size, 0, recipe.train.seed + 1)
         lightness, ab = next_batch(first, Progress(), device, train_set)
-        model.flow.initialize(ab, model.conditions(lightness))
+        model.initialize(lightness, ab)
     return Progress()
 
 

@@ -92,3 +92,30 @@ def test_a_coarser_head_and_a_cosine_schedule_reach_the_baseline_and_survive_a_r
 def test_a_head_level_the_flow_does_not_have_is_a_config_error():
     with pytest.raises(ConfigError, match="pretrain.head_level must name one of the flow's 3 levels"):
         load_config(Recipe, DEBUG, ["pretrain.head_level=3"])
+
+
+def test_export_weights_best_writes_the_lowest_validation_loss_s_weights(tmp_path, photo_folder, monkeypatch):
+    losses = iter([1.0, 0.5, 2.0, 3.0])  # steps 1 to 4: the best is step 2, not the last
+
+    def scripted_validation(model, loader, device, settings):
+        return {"val/loss": next(losses), "val/ab_rmse": 1.0, "val/gray_ab_rmse": 1.0}
+
+    monkeypatch.setattr(pretrain_pipeline, "validate", scripted_validation)
+    run = tmp_path / "pretrain"
+    settings = ["--set", "pretrain.steps=4", "--set", "pretrain.val_every=1", "--set", "pretrain.export_weights=best"]
+    assert pretrain_pipeline.main(["--config", DEBUG, "--data", str(photo_folder), "--out", str(run), *settings]) == 0
+    best = torch.load(run / "checkpoints/best.pt", weights_only=True)
+    last = torch.load(run / "checkpoints/last.pt", weights_only=True)
+    assert (best["progress"]["step"], last["progress"]["step"]) == (2, 4)
+    backbone = load_file(run / "backbone.safetensors")
+    baseline = load_file(run / "baseline.safetensors")
+    for name, tensor in baseline.items():
+        assert torch.equal(tensor, best["model"][name]), name
+    for name, tensor in backbone.items():
+        assert torch.equal(tensor, best["model"][f"backbone.{name}"]), name
+    assert any(not torch.equal(backbone[name], last["model"][f"backbone.{name}"]) for name in backbone)
+
+
+def test_an_unknown_export_weights_is_a_config_error():
+    with pytest.raises(ConfigError, match="export_weights must be 'last' or 'best', got 'first'"):
+        load_config(Recipe, DEBUG, ["pretrain.export_weights=first"])
