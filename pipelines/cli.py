@@ -68,7 +68,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 def add_recipe_arguments(parser: argparse.ArgumentParser, config_required: bool = True) -> None:
     parser.add_argument(
         "--config", type=Path, required=config_required,
-        help="recipe: a YAML file, or the name of a shipped one (default, debug, imagenet, unet; configs/*.yaml)",
+        help="recipe: a YAML file, or a shipped one by name (default, debug, imagenet, small, unet: configs/*.yaml)",
     )  # fmt: skip
     parser.add_argument(
         "--set",

@@ -149,7 +149,7 @@ def test_the_installed_wheel_colorizes_without_the_repository(wheel, tmp_path):
     assert found.stdout.strip().startswith(str(environment)) and found.stdout.strip().endswith("recipes/default.yaml")
     unknown = run(str(bin_dir / "cinn-train"), "--config", "nosuch", "--data", "photos", "--out", "run")
     assert unknown.returncode == 2, unknown.stderr
-    assert "shipped recipes: debug, default, imagenet, unet" in unknown.stderr, unknown.stderr
+    assert "shipped recipes: debug, default, imagenet, small, unet" in unknown.stderr, unknown.stderr
     version = run(str(bin_dir / "cinn-colorize"), "--version")
     assert version.returncode == 0 and version.stdout.split()[-1].rstrip(")") == wheel.name.split("-")[1]
     check = run(str(python), "-m", "pip", "check")
