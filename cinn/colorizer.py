@@ -74,6 +74,10 @@ class Colorizer(nn.Module):
         (trained, or frozen, together)."""
         return [self.conditioning_net] + ([self.guide] if self.guide is not None else [])
 
+    def conditioning_parameters(self) -> list[nn.Parameter]:
+        """The parameters of ``conditioning_modules``: what the conditioning learning rate applies to."""
+        return [parameter for module in self.conditioning_modules() for parameter in module.parameters()]
+
     def conditions(self, lightness: torch.Tensor) -> list[torch.Tensor]:
         """lightness (B, 1, Hl, Wl) normalised -> the flow's condition tensors.
 

@@ -64,8 +64,7 @@ def pretrained_head(backbone_path: str) -> dict[str, torch.Tensor]:
 def build_optimizer(model: Colorizer, recipe: Recipe):
     train = recipe.train
     groups = [{"params": list(model.flow.parameters()), "lr": train.lr}]
-    conditioning = [parameter for module in model.conditioning_modules() for parameter in module.parameters()]
-    groups.append({"params": conditioning, "lr": train.conditioning_lr})
+    groups.append({"params": model.conditioning_parameters(), "lr": train.conditioning_lr})
     optimizer = torch.optim.Adam(groups, eps=train.adam_eps)
     schedule = warmup_cosine(train.warmup_steps, train.steps, train.min_lr_ratio, train.schedule == "cosine")
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)

@@ -72,9 +72,7 @@ def model_card(model: Colorizer, recipe: Recipe, progress: Progress, data: str, 
     config, flow = recipe.model, recipe.model.flow
     kwargs = ", ".join(f"{key}={value}" for key, value in config.conditioning_kwargs.items())
     settings = ", ".join(f"{key} {value}" for key, value in flow.coupling_settings.items())
-    conditioning = sum(
-        parameter.numel() for module in model.conditioning_modules() for parameter in module.parameters()
-    )
+    conditioning = sum(parameter.numel() for parameter in model.conditioning_parameters())
     flow_parameters = sum(parameter.numel() for parameter in model.flow.parameters())
     return (
         "# cINN colorization model\n\n"
