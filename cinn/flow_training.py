@@ -6,6 +6,7 @@ batch that skips unusable photos, the validation NLL. ``pipelines/train.py`` run
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +16,10 @@ from safetensors.torch import load_file
 from torch.nn.parallel import DistributedDataParallel
 
 from cinn.colorizer import BASELINE_FILE, Colorizer
+from cinn.config import ConfigError, to_dict
 from cinn.errors import UserError
 from cinn.loss import map_loss
-from cinn.recipe import Recipe
+from cinn.recipe import ModelConfig, Recipe
 from cinn.training import ProcessGroup, warmup_cosine
 
 
@@ -39,7 +41,10 @@ class Progress:
 
 
 def build_model(recipe: Recipe, device: torch.device) -> Colorizer:
-    """The model of the recipe, with the pretrained conditioning net (and its head, as the guide) if named."""
+    """The model of the recipe: the weights of the release ``train.init_from``, or fresh ones with the
+    pretrained conditioning net (and its head, as the guide) if named."""
+    if recipe.train.init_from is not None:
+        return released_model(recipe.train.init_from, recipe.model).to(device)
     model = Colorizer(recipe.model)
     path = recipe.train.pretrained_conditioning
     if path is not None:
@@ -49,6 +54,22 @@ def build_model(recipe: Recipe, device: torch.device) -> Colorizer:
     if model.guide is not None:
         model.guide.load_state_dict(pretrained_head(path))
     return model.to(device)
+
+
+def released_model(directory: str, config: ModelConfig) -> Colorizer:
+    """The release at ``directory`` as a model of ``config`` to train further: every weight is the
+    release's, and every model setting but the sampling temperature must be the recipe's."""
+    released = Colorizer.from_pretrained(directory)
+    for field in dataclasses.fields(config):
+        ours, theirs = getattr(config, field.name), getattr(released.config, field.name)
+        if field.name != "temperature" and ours != theirs:
+            raise ConfigError(
+                f"train.init_from: the release '{directory}' has model.{field.name} {to_dict(theirs)}, "
+                f"the recipe {to_dict(ours)}: a fine-tuned model keeps the release's settings"
+            )
+    model = Colorizer(config)
+    model.load_state_dict(released.state_dict())
+    return model
 
 
 def pretrained_head(backbone_path: str) -> dict[str, torch.Tensor]:

@@ -183,6 +183,9 @@ class TrainConfig:
     Attributes:
         pretrained_conditioning: backbone weights from ``pretrain_condnet.py`` (None: train the
             conditioning net from scratch, end to end).
+        init_from: a model release (``runs/NAME/release``, ``cinn/pretrained/default``) whose weights,
+            all of them, the run starts from instead: fine-tuning a trained model. Its model settings
+            must be the recipe's; the schedule and optimiser start afresh.
         freeze_conditioning_steps: steps with the conditioning net frozen before joint fine-tuning
             (-1: frozen for the whole run).
         conditioning_lr: learning rate of the conditioning net once it is fine-tuned.
@@ -196,6 +199,7 @@ class TrainConfig:
     lr: float = positive(1e-3)
     conditioning_lr: float = at_least(1e-4, 0)
     pretrained_conditioning: str | None = None
+    init_from: str | None = None
     freeze_conditioning_steps: int = at_least(0, -1)
     l2_weight: float = at_least(1e-5, 0)
     adam_eps: float = positive(1e-6)
@@ -233,10 +237,16 @@ class Recipe:
                 f"pretrain.head_level must name one of the flow's {self.model.flow.num_levels} levels "
                 f"(0 to {self.model.flow.num_levels - 1}), got {self.pretrain.head_level}"
             )
-        guide = self.model.guide
-        if guide is not None and self.train.pretrained_conditioning is None:
+        guide, train = self.model.guide, self.train
+        if train.init_from is not None and train.pretrained_conditioning is not None:
             raise ConfigError(
-                "model.guide needs train.pretrained_conditioning: the guide is the head pretrained with it"
+                "train.init_from and train.pretrained_conditioning both name the weights to start from: "
+                "set one of them (train.pretrained_conditioning=null to fine-tune a release)"
+            )
+        if guide is not None and train.pretrained_conditioning is None and train.init_from is None:
+            raise ConfigError(
+                "model.guide needs train.pretrained_conditioning (the guide is the head pretrained with it) "
+                "or train.init_from (a release that has one)"
             )
         if guide is not None and (guide.hidden_channels, guide.level) != (
             self.pretrain.head_hidden_channels,

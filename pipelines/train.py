@@ -30,7 +30,7 @@ from cinn.programs.cli import add_recipe_arguments, add_run_arguments, documente
 from cinn.programs.run_dir import continue_after_restart, photo_datasets, prepare_run, sample_grid
 
 from cinn.blocks import ActNorm
-from cinn.colorizer import Colorizer
+from cinn.colorizer import BASELINE_FILE, Colorizer
 from cinn.config import to_dict
 from cinn.flow_training import (
     Progress,
@@ -152,6 +152,9 @@ def start_or_resume(args, recipe: Recipe, model: Colorizer, optimizer, scheduler
         progress = Progress(**checkpoint["progress"])
         print(f"resuming {args.out} at step {progress.step} ({LAST})", file=sys.stderr)
         return progress
+    if recipe.train.init_from is not None:  # the release's weights, ActNorm's included
+        print(f"starting from the weights of {recipe.train.init_from} (train.init_from)", file=sys.stderr)
+        return Progress()
     if any(isinstance(module, ActNorm) for module in model.modules()):
         first = training_batches(train_set, recipe.train.batch_size, 0, recipe.train.seed + 1)
         lightness, ab = next_batch(first, Progress(), device, train_set)
@@ -170,10 +173,13 @@ def export_release(args, recipe: Recipe, model: Colorizer, progress: Progress, r
     shutil.rmtree(partial, ignore_errors=True)
     try:
         model.save_pretrained(partial, card=card, **provenance)
-        if recipe.train.pretrained_conditioning:  # ship the deterministic baseline beside the model
-            baseline = Path(recipe.train.pretrained_conditioning).with_name("baseline.safetensors")
+        # Ship the deterministic baseline beside the model: the pretraining's, or the fine-tuned release's.
+        train = recipe.train
+        if train.pretrained_conditioning or train.init_from:
+            source = train.pretrained_conditioning or Path(train.init_from) / BASELINE_FILE
+            baseline = Path(source).with_name(BASELINE_FILE)
             if baseline.is_file():
-                shutil.copyfile(baseline, partial / "baseline.safetensors")
+                shutil.copyfile(baseline, partial / BASELINE_FILE)
         if release.exists():
             shutil.rmtree(release)
         partial.rename(release)
