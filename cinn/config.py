@@ -164,8 +164,16 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 
 
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
-    """Reads the YAML file ``path`` with ``overrides`` applied into the frozen dataclass ``cls``."""
-    path = Path(path)
+    """Reads the YAML file ``path`` with ``overrides`` applied into the frozen dataclass ``cls``.
+
+    A file may start from another: ``base: default.yaml`` (a path relative to the file) reads that file
+    first, and this file's values replace the base's key by key, in nested sections too.
+    """
+    return from_dict(cls, apply_overrides(read_values(Path(path)), overrides or []))
+
+
+def read_values(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The nested values of the config file ``path``, its ``base`` (and the base's base) merged in."""
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
@@ -174,7 +182,24 @@ def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = No
         raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
     if not isinstance(values, dict):
         raise ConfigError(f"config file '{path}' must hold a mapping of sections")
-    return from_dict(cls, apply_overrides(values, overrides or []))
+    base = values.pop("base", None)
+    if base is None:
+        return values
+    if not isinstance(base, str):
+        raise ConfigError(f"config file '{path}': 'base' must be the path of another config file, got {base!r}")
+    base_path = (path.parent / base).resolve()
+    if base_path in chain or base_path == path.resolve():
+        raise ConfigError(f"config file '{path}': its base '{base}' leads back to itself")
+    return merged(read_values(base_path, (*chain, path.resolve())), values)
+
+
+def merged(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``values`` replacing it key by key; mappings merge, anything else is replaced."""
+    result = dict(base)
+    for key, value in values.items():
+        both_mappings = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = merged(result[key], value) if both_mappings else value
+    return result
 
 
 def save_config(config: Any, path: str | Path) -> None:
