@@ -187,10 +187,10 @@ def read_values(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return values
     if not isinstance(base, str):
         raise ConfigError(f"config file '{path}': 'base' must be the path of another config file, got {base!r}")
-    base_path = (path.parent / base).resolve()
-    if base_path in chain or base_path == path.resolve():
+    base_path, chain = (path.parent / base).resolve(), (*chain, path.resolve())
+    if base_path in chain:
         raise ConfigError(f"config file '{path}': its base '{base}' leads back to itself")
-    return merged(read_values(base_path, (*chain, path.resolve())), values)
+    return merged(read_values(base_path, chain), values)
 
 
 def merged(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
