@@ -67,9 +67,8 @@ def released_model(directory: str, config: ModelConfig) -> Colorizer:
                 f"train.init_from: the release '{directory}' has model.{field.name} {to_dict(theirs)}, "
                 f"the recipe {to_dict(ours)}: a fine-tuned model keeps the release's settings"
             )
-    model = Colorizer(config)
-    model.load_state_dict(released.state_dict())
-    return model
+    released.config = config  # the same model, with the recipe's sampling temperature
+    return released
 
 
 def pretrained_head(backbone_path: str) -> dict[str, torch.Tensor]:
