@@ -25,10 +25,10 @@ from report import machine
 from timing import interleaved
 
 from cinn.colorizer import conditioning_net_for
-from cinn.config import load_config
+from cinn.config import find_recipe, load_config
 from cinn.glow import COUPLINGS, ConditionalGlow
 from cinn.loss import map_loss, sample_latents
-from cinn.recipe import Recipe, find_recipe
+from cinn.recipe import Recipe
 
 LEARNING_RATE, L2_WEIGHT = 1e-5, 1e-5  # small: the weights must stay sane over the timed steps
 

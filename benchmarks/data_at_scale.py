@@ -38,10 +38,10 @@ import torchvision
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cinn.config import load_config
+from cinn.config import find_recipe, load_config
 from cinn.data import ColorizationDataset, collate_skipping, split_train_val, write_split
 from cinn.images import list_images, load_rgb
-from cinn.recipe import Recipe, find_recipe
+from cinn.recipe import Recipe
 
 IMAGENET_TRAIN = 1_281_167
 CLASSES = 1000

@@ -27,9 +27,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from cinn.colorizer import Colorizer
-from cinn.config import load_config
+from cinn.config import find_recipe, load_config
 from cinn.flow_training import Progress, build_optimizer, optimisation_step
-from cinn.recipe import Recipe, find_recipe
+from cinn.recipe import Recipe
 
 OVERRIDES = ["train.pretrained_conditioning=null", "train.freeze_conditioning_steps=0"]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.resources
 import math
 import types
 import typing
@@ -166,8 +167,9 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
 def load_config(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
     """Reads the YAML file ``path`` with ``overrides`` applied into the frozen dataclass ``cls``.
 
-    A file may start from another: ``base: default.yaml`` (a path relative to the file) reads that file
-    first, and this file's values replace the base's key by key, in nested sections too.
+    A file may start from another: ``base: tuned.yaml`` (a path relative to the file) or ``base: default``
+    (a shipped recipe, when no file of that name lies beside it) reads that file first, and this file's
+    values replace the base's key by key, in nested sections too.
     """
     return from_dict(cls, apply_overrides(read_values(Path(path)), overrides or []))
 
@@ -187,10 +189,24 @@ def read_values(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         return values
     if not isinstance(base, str):
         raise ConfigError(f"config file '{path}': 'base' must be the path of another config file, got {base!r}")
-    base_path, chain = (path.parent / base).resolve(), (*chain, path.resolve())
+    base_path, chain = base_file(path, base).resolve(), (*chain, path.resolve())
     if base_path in chain:
         raise ConfigError(f"config file '{path}': its base '{base}' leads back to itself")
     return merged(read_values(base_path, chain), values)
+
+
+def base_file(path: Path, base: str) -> Path:
+    """The file the config file ``path`` names as its ``base``: beside it, else a shipped recipe by name."""
+    beside = path.parent / base
+    if beside.is_file():
+        return beside
+    shipped = shipped_recipes()
+    if Path(base).name == base and base.removesuffix(".yaml") in shipped:
+        return shipped[base.removesuffix(".yaml")]
+    raise ConfigError(
+        f"config file '{path}': its base '{base}' is neither a file beside it nor a shipped recipe "
+        f"({', '.join(sorted(shipped))})"
+    )
 
 
 def merged(base: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -207,3 +223,22 @@ def save_config(config: Any, path: str | Path) -> None:
     file: another process (a second rank resuming the same run) never reads it half written."""
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     publish({Path(path): lambda temporary: temporary.write_text(text, encoding="utf-8")}, overwrite=True)
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe file: ``name_or_path`` if that file exists, else the shipped recipe of that name
+    (``default``, ``debug``, ``imagenet``: ``cinn.recipes``, the repository's ``configs/``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = shipped_recipes()
+    name = path.name.removesuffix(".yaml")
+    if str(path) == path.name and name in shipped:
+        return shipped[name]
+    raise ConfigError(f"config file '{name_or_path}' does not exist (shipped recipes: {', '.join(sorted(shipped))})")
+
+
+def shipped_recipes() -> dict[str, Path]:
+    """Name -> file of every recipe shipped with the package."""
+    folder = Path(str(importlib.resources.files("cinn.recipes")))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import inspect
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cinn.conditioning_nets import REGISTRY
@@ -257,22 +255,3 @@ class Recipe:
                 f"the pretraining trains (pretrain.head_hidden_channels {self.pretrain.head_hidden_channels}, "
                 f"pretrain.head_level {self.pretrain.head_level})"
             )
-
-
-def find_recipe(name_or_path: str | Path) -> Path:
-    """A recipe file: ``name_or_path`` if that file exists, else the shipped recipe of that name
-    (``default``, ``debug``, ``imagenet``: ``cinn.recipes``, the repository's ``configs/``)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    shipped = shipped_recipes()
-    name = path.name.removesuffix(".yaml")
-    if str(path) == path.name and name in shipped:
-        return shipped[name]
-    raise ConfigError(f"config file '{name_or_path}' does not exist (shipped recipes: {', '.join(sorted(shipped))})")
-
-
-def shipped_recipes() -> dict[str, Path]:
-    """Name -> file of every recipe shipped with the package."""
-    folder = Path(str(importlib.resources.files("cinn.recipes")))
-    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}

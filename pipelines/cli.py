@@ -82,7 +82,7 @@ def add_recipe_arguments(parser: argparse.ArgumentParser, config_required: bool 
 
 def load_recipe(path: Path, overrides: list[str]) -> Recipe:
     """The recipe file ``path``, or the shipped recipe of that name (``--config default``)."""
-    from cinn.config import load_config
-    from cinn.recipe import Recipe, find_recipe
+    from cinn.config import find_recipe, load_config
+    from cinn.recipe import Recipe
 
     return load_config(Recipe, find_recipe(path), overrides)

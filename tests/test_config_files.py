@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cinn.config import ConfigError, load_config, to_dict
-from cinn.recipe import Recipe, find_recipe, shipped_recipes
+from cinn.config import ConfigError, find_recipe, load_config, shipped_recipes, to_dict
+from cinn.recipe import Recipe
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -27,10 +27,22 @@ def test_overrides_apply_after_the_base(tmp_path):
     assert load_config(Recipe, tmp_path / "tuned.yaml", ["train.lr=1.0e-5"]).train.lr == 1.0e-5
 
 
+def test_a_base_named_like_a_shipped_recipe_is_that_recipe_unless_a_file_beside_it_has_the_name(tmp_path):
+    (tmp_path / "tuned.yaml").write_text("base: debug\ntrain: {lr: 3.0e-5}\n")
+    tuned = load_config(Recipe, tmp_path / "tuned.yaml")
+    expected = to_dict(load_config(Recipe, find_recipe("debug")))
+    expected["train"]["lr"] = 3.0e-5
+    assert to_dict(tuned) == expected
+    (tmp_path / "debug").write_text("base: debug.yaml\ntrain: {lr: 1.0e-5}\n")  # a file beside it comes first
+    assert load_config(Recipe, tmp_path / "tuned.yaml").train.lr == 3.0e-5
+    (tmp_path / "tuned.yaml").write_text("base: debug\n")
+    assert load_config(Recipe, tmp_path / "tuned.yaml").train.lr == 1.0e-5
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("base: missing.yaml\n", "missing.yaml' does not exist"),
+        ("base: missing.yaml\n", "base .missing.yaml. is neither a file beside it nor a shipped recipe"),
         ("base: loop.yaml\n", "leads back to itself"),
         ("base: [debug.yaml]\n", "'base' must be the path of another config file"),
         ("base: other.yaml\n", "leads back to itself"),

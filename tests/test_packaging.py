@@ -145,7 +145,7 @@ def test_the_installed_wheel_colorizes_without_the_repository(wheel, tmp_path):
 
     recipe = run(str(bin_dir / "cinn-train"), "--config", "default", "--help")
     assert recipe.returncode == 0 and "--config" in recipe.stdout, recipe.stderr
-    found = run(str(python), "-c", "from cinn.recipe import find_recipe; print(find_recipe('default'))")
+    found = run(str(python), "-c", "from cinn.config import find_recipe; print(find_recipe('default'))")
     assert found.stdout.strip().startswith(str(environment)) and found.stdout.strip().endswith("recipes/default.yaml")
     unknown = run(str(bin_dir / "cinn-train"), "--config", "nosuch", "--data", "photos", "--out", "run")
     assert unknown.returncode == 2, unknown.stderr

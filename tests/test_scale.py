@@ -11,10 +11,10 @@ import torch
 from safetensors.torch import load_file
 
 import cinn.data
-from cinn.config import load_config
+from cinn.config import find_recipe, load_config
 from cinn.data import check_cache_fits
 from cinn.errors import DataError
-from cinn.recipe import Recipe, find_recipe
+from cinn.recipe import Recipe
 
 DEBUG = str(Path(__file__).resolve().parents[1] / "configs" / "debug.yaml")
 
