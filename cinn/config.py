@@ -200,12 +200,11 @@ def base_file(path: Path, base: str) -> Path:
     beside = path.parent / base
     if beside.is_file():
         return beside
-    shipped = shipped_recipes()
-    if Path(base).name == base and base.removesuffix(".yaml") in shipped:
-        return shipped[base.removesuffix(".yaml")]
+    if (shipped := shipped_recipe(base)) is not None:
+        return shipped
     raise ConfigError(
         f"config file '{path}': its base '{base}' is neither a file beside it nor a shipped recipe "
-        f"({', '.join(sorted(shipped))})"
+        f"({', '.join(shipped_recipes())})"
     )
 
 
@@ -231,11 +230,16 @@ def find_recipe(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = shipped_recipes()
-    name = path.name.removesuffix(".yaml")
-    if str(path) == path.name and name in shipped:
-        return shipped[name]
-    raise ConfigError(f"config file '{name_or_path}' does not exist (shipped recipes: {', '.join(sorted(shipped))})")
+    if (shipped := shipped_recipe(str(name_or_path))) is not None:
+        return shipped
+    raise ConfigError(f"config file '{name_or_path}' does not exist (shipped recipes: {', '.join(shipped_recipes())})")
+
+
+def shipped_recipe(name: str) -> Path | None:
+    """The shipped recipe a bare name stands for (``default`` or ``default.yaml``), or None."""
+    if Path(name).name != name:
+        return None
+    return shipped_recipes().get(name.removesuffix(".yaml"))
 
 
 def shipped_recipes() -> dict[str, Path]:
