@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cinn.programs.cli import user_errors_exit
 from torch import nn
 
 from cinn import DEFAULT_MODEL, Colorizer, metrics
@@ -107,7 +108,8 @@ def errors(candidates: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor 
     return f"{best:.2f} | {one:.2f} | {cast:.2f}"
 
 
-def main(argv: list[str] | None = None) -> None:
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--fit-data", type=Path, required=True, help="photos to fit the cast head on (training photos)")
@@ -156,7 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| the guide + each of the {args.k} casts, beta {beta} (a draw by the weights) | {each} |")
         drawn = torch.gather(pulled, 1, draws[..., None, None, None].expand(-1, -1, 2, 1, 1))
         print(f"| the samples + a drawn cast each, beta {beta} | {errors(samples + drawn, truth)} |")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import torch
+from cinn.programs.cli import user_errors_exit
 from PIL import Image, ImageDraw
 
 from cinn import DEFAULT_MODEL, Colorizer
@@ -31,7 +32,8 @@ def tile(image: Image.Image, width: int | None = None) -> Image.Image:
     return scaled.crop((left, 0, left + width, TILE_HEIGHT))
 
 
-def main(argv: list[str] | None = None) -> None:
+@user_errors_exit
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--data", type=Path, required=True, help="folder holding the photos (and categories.tsv)")
@@ -66,7 +68,8 @@ def main(argv: list[str] | None = None) -> None:
             left += image.width + GAP
     sheet.save(args.out, quality=90)
     print(f"wrote {args.out} ({sheet.width}x{sheet.height})")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -46,3 +46,10 @@ def test_a_release_without_a_guide_is_refused_in_one_sentence(debug_release, pho
         cast_probe.main(["--model", str(debug_release), "--fit-data", str(photo_folder), "--data", str(photo_folder)])
     assert exit_info.value.code == 2
     assert "has no colour guide" in capsys.readouterr().err
+
+
+def test_a_missing_photo_folder_is_one_sentence_and_exit_2(debug_release, tmp_path, capsys):
+    code = cast_probe.main(["--fit-data", str(tmp_path / "none"), "--data", str(tmp_path / "none")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "none" in err and "Traceback" not in err
