@@ -37,11 +37,11 @@ CAST_UNIT = 10.0  # Lab units per unit of the head's output: casts are tens of L
 WINNER_SHARE = 0.95  # relaxed multiple-choice learning: the nearest cast takes 95 % of the loss
 
 
-def pooled_features(model: Colorizer, lightness: torch.Tensor) -> torch.Tensor:
+def pooled(features: list[torch.Tensor]) -> torch.Tensor:
     """The conditioning net's maps, each reduced to its per-channel mean and std, and its global vector."""
     parts = []
-    for features in model.conditioning_net(lightness):
-        parts += [features.mean(dim=(-2, -1)), features.std(dim=(-2, -1))] if features.dim() == 4 else [features]
+    for feature in features:
+        parts += [feature.mean(dim=(-2, -1)), feature.std(dim=(-2, -1))] if feature.dim() == 4 else [feature]
     return torch.cat(parts, dim=1)
 
 
@@ -57,9 +57,11 @@ def crops(model: Colorizer, folder: Path, train: bool, passes: int, n: int, temp
             if not batch["path"]:
                 continue
             lightness = batch["lightness"]
-            rows["features"].append(pooled_features(model, lightness))
+            features = model.conditioning_net(lightness)
+            guide = model.guide_at(model.guide.predict_ab(features, model.config.guide.temperature), 0)
+            rows["features"].append(pooled(features))
             rows["truth"].append(denormalize_ab(batch["ab"]))
-            rows["guide"].append(denormalize_ab(model.conditions(lightness)[0][:, -2:]))
+            rows["guide"].append(denormalize_ab(guide))
             if n:
                 rows["samples"].append(denormalize_ab(model.sample(lightness, n, temperature, generator)))
     return {key: torch.cat(value) for key, value in rows.items() if value}
@@ -103,7 +105,7 @@ def errors(candidates: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor 
     if weights is None:
         weights = torch.full(candidates.shape[:2], 1.0 / candidates.shape[1])
     per_draw = metrics.rmse(candidates, truth.unsqueeze(-4))
-    cast = (candidates.mean(dim=(-2, -1)) - truth.mean(dim=(-2, -1)).unsqueeze(1)).norm(dim=-1)
+    cast = metrics.cast_error(candidates.unsqueeze(2), truth.unsqueeze(1))  # each candidate its own "samples"
     best, one, cast = per_draw.amin(1).mean(), (weights * per_draw).sum(1).mean(), (weights * cast).sum(1).mean()
     return f"{best:.2f} | {one:.2f} | {cast:.2f}"
 
